@@ -1,0 +1,165 @@
+r"""The shared base of estimators that are also Pyro losses (ELBO, IWAE, SUMO, ...).
+
+A subclass supplies one function of the log weights, :meth:`ParticleObjective.objective`,
+returning the value :math:`\mathcal{L}` (maximised) and a surrogate whose gradient is the
+estimator's gradient; loss is :math:`-\mathcal{L}`. Subclasses whose guide parameters follow a
+different objective than the model's (DReG, SUMO's variance-minimising encoder) also return a
+``guide_surrogate``; :meth:`loss_and_grads` then sends each gradient to its own parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro.poutine as poutine
+import torch
+from pyro.infer import ELBO as PyroELBO
+
+from varinf.estimate import Estimate, Estimator, make_estimate
+from varinf.weights import LogWeights, check_num_particles, trace_log_weights
+
+
+@dataclass
+class Objective:
+    """What :meth:`ParticleObjective.objective` returns.
+
+    Attributes:
+        value: The objective (a log-evidence estimate or bound), a scalar tensor.
+        surrogate: Differentiable scalar whose gradient is the gradient estimator for all
+            parameters (or for the model's, when ``guide_surrogate`` is given).
+        guide_surrogate: Optional surrogate maximised by the guide's parameters instead.
+    """
+
+    value: torch.Tensor
+    surrogate: torch.Tensor
+    guide_surrogate: torch.Tensor | None = None
+
+
+class ParticleObjective(Estimator, PyroELBO):
+    """An estimator computed from the log weights of vectorised particles, usable in ``SVI``.
+
+    Args:
+        num_particles: Particles per estimate, :math:`K \\geq 1`.
+        max_plate_nesting: Deepest plate dimension of model and guide; guessed by one
+            unvectorised run when ``None`` (and re-guessed for every new model).
+        seed: Seed for :meth:`estimate` (see :class:`varinf.Estimator`).
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        *,
+        max_plate_nesting: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        check_num_particles(num_particles)
+        Estimator.__init__(self, seed=seed)
+        PyroELBO.__init__(self, num_particles=num_particles, vectorize_particles=True)
+        self.max_plate_nesting = max_plate_nesting
+
+    # -- the math, implemented by subclasses -------------------------------------------------
+    def objective(self, weights: LogWeights) -> Objective:
+        raise NotImplementedError
+
+    def num_samples(self) -> int:
+        """Particles drawn per evaluation (SUMO draws a random number)."""
+        return self.num_particles
+
+    # -- shared plumbing ---------------------------------------------------------------------
+    def log_weights(
+        self, model: Callable, guide: Callable | None, args: tuple, kwargs: dict
+    ) -> LogWeights:
+        return trace_log_weights(
+            model,
+            guide,
+            args,
+            kwargs,
+            num_particles=self.num_samples(),
+            max_plate_nesting=self.max_plate_nesting,
+        )
+
+    def _estimate(self, model, guide, args, kwargs) -> Estimate:
+        weights = self.log_weights(model, guide, args, kwargs)
+        value, stderr, diagnostics = self.summarize(weights)
+        return make_estimate(
+            value,
+            stderr,
+            num_evaluations=weights.num_particles,
+            log_weights=weights.log_weights.detach(),
+            diagnostics=diagnostics,
+        )
+
+    def summarize(self, weights: LogWeights) -> tuple[float, float, dict]:
+        """Value, standard error and diagnostics of one estimate."""
+        raise NotImplementedError
+
+    def differentiable_loss(
+        self, model: Callable, guide: Callable, *args, **kwargs
+    ) -> torch.Tensor:
+        """:math:`-\\mathcal{L}` with the estimator's gradient w.r.t. model and guide parameters.
+
+        For objectives with a separate guide surrogate (DReG, variance-minimising encoder),
+        this is the plain surrogate; :meth:`loss_and_grads` applies the split gradients.
+        """
+        result = self.objective(self.log_weights(model, guide, args, kwargs))
+        return _with_value(-result.surrogate, -result.value)
+
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """:math:`-\\mathcal{L}` as a float (no gradients)."""
+        with torch.no_grad():
+            return -self.objective(self.log_weights(model, guide, args, kwargs)).value.item()
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """Compute :math:`-\\mathcal{L}` and accumulate its gradient estimator into ``.grad``."""
+        with poutine.trace(param_only=True) as capture:
+            weights = self.log_weights(model, guide, args, kwargs)
+        result = self.objective(weights)
+        if result.guide_surrogate is None:
+            if result.surrogate.requires_grad:
+                (-result.surrogate).backward(retain_graph=self.retain_graph)
+            return -result.value.item()
+        guide_params = _params(weights.guide_trace, capture.trace)
+        model_params = [p for p in _params(None, capture.trace) if not _contains(guide_params, p)]
+        _accumulate(-result.surrogate, model_params, retain_graph=True)
+        _accumulate(-result.guide_surrogate, guide_params, retain_graph=self.retain_graph)
+        return -result.value.item()
+
+    def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - Pyro's hook, unused
+        raise NotImplementedError("varinf estimators trace through varinf.weights")
+
+
+def _with_value(surrogate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A tensor equal to ``value`` whose gradient is that of ``surrogate``."""
+    return surrogate + (value - surrogate).detach()
+
+
+def _params(guide_trace, param_trace) -> list[torch.Tensor]:
+    """Unconstrained parameters seen by ``param_trace``; only the guide's if ``guide_trace``."""
+    names = None
+    if guide_trace is not None:
+        names = _guide_param_names(guide_trace)
+    params = []
+    for name, site in param_trace.nodes.items():
+        if site["type"] == "param" and (names is None or name in names):
+            params.append(site["value"].unconstrained())
+    return params
+
+
+def _guide_param_names(guide_trace) -> set[str]:
+    return {name for name, site in guide_trace.nodes.items() if site["type"] == "param"}
+
+
+def _contains(tensors: list[torch.Tensor], tensor: torch.Tensor) -> bool:
+    return any(t is tensor for t in tensors)
+
+
+def _accumulate(loss: torch.Tensor, params: list[torch.Tensor], retain_graph) -> None:
+    params = [p for p in params if p.requires_grad]
+    if not params or not loss.requires_grad:
+        return
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    for param, grad in zip(params, grads, strict=True):
+        if grad is None:
+            continue
+        param.grad = grad if param.grad is None else param.grad + grad

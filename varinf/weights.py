@@ -1,0 +1,287 @@
+r"""From (model, guide, args) to per-particle log weights: the one module that traces Pyro.
+
+For :math:`K` particles :math:`z_k \sim q(z \mid x)` drawn in one vectorised guide run, the model
+is replayed against the guide and every site's log density is summed into
+
+.. math::
+
+    \log w_k = \log p(x, z_k) - \log q(z_k \mid x), \qquad k = 1, \dots, K.
+
+When every sample site of the model and guide lies inside one plate (the *datum plate*, e.g.
+``pyro.plate("data", N)`` around a VAE's local latents and observations), the weights factorise
+over the plate and are returned per datum, shape ``(K, N)``; multi-sample bounds then average the
+particles of each datum separately, as in Burda et al. (2016). Otherwise the shape is ``(K,)``.
+
+Non-reparameterised guide sites (discrete latents) contribute ``log_q_score``, the log density to
+which a score-function surrogate attaches, so estimators can build unbiased gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_site_shape
+
+PARTICLE_PLATE = "varinf_particles"
+
+
+@dataclass(frozen=True)
+class LogWeights:
+    """Per-particle log densities from one vectorised (guide, model) run.
+
+    Attributes:
+        log_p: :math:`\\log p(x, z_k)`, shape ``(K, *datum_shape)``.
+        log_q: :math:`\\log q(z_k \\mid x)`, same shape.
+        log_q_score: The part of ``log_q`` from non-reparameterised sites, same shape.
+        model_trace, guide_trace: The Pyro traces (particle dimension included).
+        datum_plate: Name of the plate the weights are split over, or ``None``.
+        datum_scale: Subsampling scale of the datum plate (``size / subsample_size``), to be
+            applied to per-datum bounds after the particles are averaged.
+    """
+
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+    log_q_score: torch.Tensor
+    model_trace: poutine.Trace
+    guide_trace: poutine.Trace
+    datum_plate: str | None
+    datum_scale: float
+    log_q_stopped: torch.Tensor | None = None
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """:math:`\\log w_k = \\log p(x, z_k) - \\log q(z_k \\mid x)`."""
+        return self.log_p - self.log_q
+
+    @property
+    def num_particles(self) -> int:
+        return self.log_p.shape[0]
+
+    @property
+    def has_score_terms(self) -> bool:
+        """Whether some guide site is not reparameterised (needs a score-function term)."""
+        return any(
+            site["type"] == "sample" and not site["is_observed"] and not site["fn"].has_rsample
+            for site in self.guide_trace.nodes.values()
+        )
+
+
+def guess_max_plate_nesting(
+    model: Callable, guide: Callable | None, args: tuple, kwargs: dict
+) -> int:
+    """Run guide and model once (unvectorised) and return the deepest plate dimension used."""
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs) if guide else None
+        model_fn = poutine.replay(model, trace=guide_trace) if guide else model
+        model_trace = poutine.trace(model_fn).get_trace(*args, **kwargs)
+    dims = [
+        frame.dim
+        for trace in (model_trace, guide_trace)
+        if trace is not None
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return -min(dims) if dims else 0
+
+
+def vectorize(fn: Callable, num_particles: int, max_plate_nesting: int) -> Callable:
+    """Wrap ``fn`` in an outermost plate of ``num_particles`` left of all the model's plates."""
+    return pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1))(fn)
+
+
+def trace_log_weights(
+    model: Callable,
+    guide: Callable | None,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    max_plate_nesting: int | None = None,
+    per_datum: bool = True,
+    stop_guide_params: bool = False,
+) -> LogWeights:
+    """Draw ``num_particles`` particles from ``guide`` (the prior if ``guide`` is None) in one
+    vectorised run and return their log weights under ``model``.
+
+    Args:
+        model, guide: Pyro callables; ``args``/``kwargs`` go to both.
+        num_particles: :math:`K \\geq 1`.
+        max_plate_nesting: Deepest plate dimension used by model and guide; guessed by one
+            unvectorised run when ``None``.
+        per_datum: Split the weights over the datum plate when the model allows it.
+        stop_guide_params: Also compute ``log_q_stopped``, the guide density of the same
+            samples with its parameters detached (the samples keep their gradient), as
+            doubly reparameterised gradients need.
+
+    Raises:
+        ValueError: ``num_particles < 1``, a guide that does not propose a latent site the
+            model samples, or a guide site the model does not have.
+        FloatingPointError: a NaN or infinite log density.
+    """
+    check_num_particles(num_particles)
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+    guide_trace = None
+    if guide is not None:
+        guide_trace = poutine.trace(vectorize(guide, num_particles, max_plate_nesting)).get_trace(
+            *args, **kwargs
+        )
+        model_fn = poutine.replay(model, trace=guide_trace)
+    else:
+        model_fn = model
+    model_trace = poutine.trace(vectorize(model_fn, num_particles, max_plate_nesting)).get_trace(
+        *args, **kwargs
+    )
+    model_trace = prune_subsample_sites(model_trace)
+    if guide is not None:
+        guide_trace = prune_subsample_sites(guide_trace)
+        _check_supports_match(model_trace, guide_trace)
+    else:  # prior sampling: the proposal is the model's own latent sites
+        guide_trace = _latent_subtrace(model_trace)
+    for trace in (model_trace, guide_trace):
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                check_site_shape(site, max_plate_nesting + 1)
+    frame = _datum_frame(model_trace, guide_trace) if per_datum else None
+    layout = _Layout(num_particles, max_plate_nesting + 1, frame)
+    log_p, _ = layout.sum_sites(model_trace)
+    log_q, log_q_score = layout.sum_sites(guide_trace)
+    log_q_stopped = None
+    if stop_guide_params and guide is not None:
+        log_q_stopped = layout.sum_sites(
+            _stopped_guide_trace(guide, guide_trace, args, kwargs, num_particles, max_plate_nesting)
+        )[0]
+    _check_finite(log_p, "model")
+    _check_finite(log_q, "guide")
+    return LogWeights(
+        log_p=log_p,
+        log_q=log_q,
+        log_q_score=log_q_score,
+        model_trace=model_trace,
+        guide_trace=guide_trace,
+        datum_plate=frame.name if frame is not None else None,
+        datum_scale=layout.datum_scale,
+        log_q_stopped=log_q_stopped,
+    )
+
+
+class _DetachParams(poutine.messenger.Messenger):
+    def _pyro_post_param(self, msg: dict) -> None:
+        msg["value"] = msg["value"].detach()
+
+
+def _stopped_guide_trace(guide, guide_trace, args, kwargs, num_particles, max_plate_nesting):
+    """Re-run the guide on its own samples with every parameter detached."""
+    replayed = poutine.replay(_DetachParams()(guide), trace=guide_trace)
+    trace = poutine.trace(vectorize(replayed, num_particles, max_plate_nesting)).get_trace(
+        *args, **kwargs
+    )
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    return trace
+
+
+def check_num_particles(num_particles: int, name: str = "num_particles") -> None:
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"{name} must be a positive integer, got {num_particles!r}")
+
+
+def _latent_subtrace(trace: poutine.Trace) -> poutine.Trace:
+    prior = trace.copy()
+    for name in list(prior.nodes):
+        site = prior.nodes[name]
+        if site["type"] == "sample" and site["is_observed"]:
+            prior.remove_node(name)
+    return prior
+
+
+def _latent_sites(trace: poutine.Trace) -> set[str]:
+    return {
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+
+
+def _check_supports_match(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None:
+    model_latents = _latent_sites(model_trace)
+    guide_latents = _latent_sites(guide_trace)
+    missing = sorted(model_latents - guide_latents)
+    if missing:
+        raise ValueError(
+            f"the guide does not sample the model's latent site(s) {missing}; add them to the "
+            "guide (or observe them in the model)"
+        )
+    extra = sorted(guide_latents - set(model_trace.nodes))
+    if extra:
+        raise ValueError(f"the guide samples site(s) {extra} that the model does not have")
+
+
+def _datum_frame(model_trace: poutine.Trace, guide_trace: poutine.Trace):
+    """The plate that holds every sample site of model and guide, if there is one.
+
+    Only such a plate makes the log weights factorise over its elements: a site outside it
+    (a global latent, or an observation depending on all data) couples the data.
+    """
+    sites = [
+        site
+        for trace in (model_trace, guide_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+    ]
+    common = None
+    for site in sites:
+        frames = {f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE}
+        common = frames if common is None else common & frames
+    if not common:
+        return None
+    return max(common, key=lambda f: f.dim)  # outermost plate when several qualify
+
+
+class _Layout:
+    """Where the particle and datum dimensions sit in a site's (right-aligned) log density."""
+
+    def __init__(self, num_particles: int, rank: int, frame) -> None:
+        self.rank = rank
+        self.datum_dim = None if frame is None else rank + frame.dim
+        self.datum_scale = 1.0 if frame is None else (frame.full_size or frame.size) / frame.size
+        self.shape = (num_particles,) + (() if frame is None else (frame.size,))
+
+    def sum_sites(self, trace: poutine.Trace) -> tuple[torch.Tensor, torch.Tensor]:
+        """Total log density of the trace and its non-reparameterised part, shape ``self.shape``."""
+        total = score = torch.zeros(())
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            log_prob = self._reduce(site)
+            total = total + log_prob
+            if not site["is_observed"] and not site["fn"].has_rsample:
+                score = score + log_prob
+        return total.expand(self.shape), score.expand(self.shape)
+
+    def _reduce(self, site: dict) -> torch.Tensor:
+        # Per-datum terms are left unscaled by subsampling: bounds apply it after averaging.
+        scale = site["scale"] / self.datum_scale
+        log_prob = site["unscaled_log_prob"] * scale
+        if site["mask"] is not None:
+            log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
+        log_prob = log_prob.reshape((1,) * (self.rank - log_prob.dim()) + log_prob.shape)
+        summed = [d for d in range(self.rank) if d not in (0, self.datum_dim)]
+        return log_prob.sum(summed) if summed else log_prob  # sum([]) would sum everything
+
+
+def _check_finite(log_density: torch.Tensor, which: str) -> None:
+    if not torch.isfinite(log_density).all():
+        bad = (~torch.isfinite(log_density)).sum().item()
+        raise FloatingPointError(
+            f"the {which} log density is NaN or infinite for {bad} of {log_density.numel()} "
+            f"particle terms; check the {which}'s distributions, supports and parameters"
+        )
