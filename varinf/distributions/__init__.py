@@ -8,6 +8,13 @@ from varinf.distributions.concrete import (
     TemperatureSchedule,
     relaxed_kl,
 )
+from varinf.distributions.sinkhorn import (
+    GumbelSinkhorn,
+    doubly_stochastic,
+    hungarian,
+    log_sinkhorn,
+    sinkhorn,
+)
 
 __all__ = [
     "Concrete",
@@ -16,4 +23,9 @@ __all__ = [
     "ExponentialAnnealing",
     "TemperatureSchedule",
     "relaxed_kl",
+    "GumbelSinkhorn",
+    "doubly_stochastic",
+    "hungarian",
+    "log_sinkhorn",
+    "sinkhorn",
 ]
