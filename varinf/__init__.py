@@ -1,3 +1,24 @@
-"""varinf: variational and Monte Carlo estimators for Pyro models."""
+"""varinf: variational and Monte Carlo estimators of the log marginal likelihood for Pyro models.
+
+Every estimator answers through one call, ``estimate(model, guide, *args, **kwargs)``, with an
+:class:`Estimate`; :func:`compare` puts several side by side.
+"""
+
+from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
+from varinf.estimate import Estimate, Estimator
+from varinf.estimators import ELBO, IWAE, SUMO, NaiveMonteCarlo
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ELBO",
+    "IWAE",
+    "SUMO",
+    "Comparison",
+    "Estimate",
+    "Estimator",
+    "GradientVariance",
+    "NaiveMonteCarlo",
+    "compare",
+    "gradient_variance",
+]

@@ -1,0 +1,337 @@
+r"""Put estimators side by side: repeated estimates, their bias, variance and cost.
+
+For estimator $e$ with repeats $v_1..v_R$ at mean cost $c$ (model evaluations), the table has the
+mean, standard deviation, standard error of the mean, bias and RMSE against a known truth, and
+the *work-normalised variance* $\mathrm{Var}(v) \cdot c$ (Glynn and Whitt 1992): the variance
+an estimator would have at unit cost, so cheap noisy and expensive precise methods compare fairly.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyro.poutine as poutine
+import torch
+from tqdm.auto import tqdm
+
+from varinf.estimate import Estimate, Estimator, seeded
+
+SEED_STRIDE = 1_000_003  # repeat r of estimator i uses seed + i * SEED_STRIDE + r
+
+
+@dataclass
+class Comparison:
+    """Repeated estimates of several estimators on one model.
+
+    Attributes:
+        estimates: ``{estimator label: [Estimate, ...]}`` (finished repeats only).
+        truth: The known log evidence, if given.
+        interrupted: Whether the run was stopped early (the finished repeats are kept).
+    """
+
+    estimates: dict[str, list[Estimate]]
+    truth: float | None = None
+    interrupted: bool = False
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per estimator: repeats, kind, mean, std, sem, bias, rmse, cost, seconds,
+        work-normalised variance."""
+        rows = []
+        for label, estimates in self.estimates.items():
+            if not estimates:
+                continue
+            values = np.array([e.value for e in estimates])
+            cost = float(np.mean([e.num_evaluations for e in estimates]))
+            std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            row = {
+                "estimator": label,
+                "kind": estimates[0].kind,
+                "repeats": len(values),
+                "mean": float(values.mean()),
+                "std": std,
+                "sem": std / math.sqrt(len(values)),
+                "cost": cost,
+                "seconds": float(np.mean([e.elapsed for e in estimates])),
+                "work_variance": std**2 * cost,
+            }
+            if self.truth is not None:
+                row["bias"] = row["mean"] - self.truth
+                row["rmse"] = float(np.sqrt(np.mean((values - self.truth) ** 2)))
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("estimator")
+
+    def to_xarray(self):
+        """``xarray.Dataset`` with ``value``, ``stderr``, ``cost`` and ``seconds`` over
+        dimensions ``(estimator, repeat)``; missing repeats are ``nan``."""
+        import xarray as xr
+
+        labels = [label for label, e in self.estimates.items() if e]
+        repeats = max(len(self.estimates[label]) for label in labels)
+        data = {}
+        for key, attr in (
+            ("value", "value"),
+            ("stderr", "stderr"),
+            ("cost", "num_evaluations"),
+            ("seconds", "elapsed"),
+        ):
+            array = np.full((len(labels), repeats), np.nan)
+            for i, label in enumerate(labels):
+                column = [float(getattr(e, attr)) for e in self.estimates[label]]
+                array[i, : len(column)] = column
+            data[key] = (("estimator", "repeat"), array)
+        attrs = {} if self.truth is None else {"truth": self.truth}
+        return xr.Dataset(
+            data, coords={"estimator": labels, "repeat": np.arange(repeats)}, attrs=attrs
+        )
+
+    def to_arviz(self):
+        """``arviz.InferenceData`` whose ``posterior`` group holds each estimator's repeats as
+        the draws of one chain, so ``arviz.summary`` and ``arviz.plot_posterior`` apply."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import arviz
+
+        dataset = self.to_xarray()
+        values = {
+            str(label): dataset["value"].sel(estimator=label).values[None, :]
+            for label in dataset.estimator.values
+        }
+        return arviz.from_dict(posterior=values)
+
+    def plot(self, path: str | None = None):
+        """Distribution of the estimates per estimator (truth marked) and |error| against cost.
+
+        Writes a PNG to ``path`` when given; returns the matplotlib figure.
+        """
+        from varinf.plotting import plot_comparison
+
+        return plot_comparison(self, path)
+
+    def __repr__(self) -> str:
+        status = " (interrupted)" if self.interrupted else ""
+        return f"Comparison{status}\n{self.table.to_string(float_format=lambda x: f'{x:.4g}')}"
+
+
+def compare(
+    estimators: Sequence[Estimator],
+    model: Callable,
+    guide: Callable | None = None,
+    *args,
+    repeats: int = 100,
+    truth: float | None = None,
+    seed: int = 0,
+    executor: Executor | None = None,
+    progress: bool = True,
+    **kwargs,
+) -> Comparison:
+    """Run every estimator ``repeats`` times with independent seeds.
+
+    Args:
+        estimators: Estimator objects; labels are their ``name`` (made unique with the
+            particle count, or an index, when two share a name).
+        model, guide, args, kwargs: As for :meth:`Estimator.estimate`.
+        repeats: Independent repeats per estimator.
+        truth: Known log evidence, for bias and RMSE.
+        seed: Repeat ``r`` of estimator ``i`` uses seed ``seed + i * 1000003 + r``, so results
+            do not depend on the executor or the order of completion.
+        executor: Any :class:`concurrent.futures.Executor` (a process pool, Dask, Ray) to run
+            the repeats in parallel; in the calling process when ``None``.
+        progress: Show a progress bar.
+
+    Returns:
+        A :class:`Comparison`. On ``KeyboardInterrupt`` the repeats already finished are kept
+        and ``interrupted`` is set.
+    """
+    _check_compare_args(estimators, repeats, truth)
+    labels = _labels(estimators)
+    comparison = Comparison({label: [] for label in labels}, truth=truth)
+    jobs = [
+        (label, estimator, seed + i * SEED_STRIDE + r)
+        for i, (label, estimator) in enumerate(zip(labels, estimators, strict=True))
+        for r in range(repeats)
+    ]
+    bar = tqdm(
+        total=len(jobs),
+        disable=None if progress else True,
+        desc="compare",
+        leave=False,
+        mininterval=0.5,
+    )
+    try:
+        if executor is None:
+            for label, estimator, job_seed in jobs:
+                bar.set_postfix_str(label)
+                _collect(
+                    comparison, label, _run_one, estimator, job_seed, model, guide, args, kwargs
+                )
+                bar.update()
+        else:
+            futures = [
+                (label, executor.submit(_run_one, estimator, job_seed, model, guide, args, kwargs))
+                for label, estimator, job_seed in jobs
+            ]
+            for label, future in futures:
+                _collect(comparison, label, future.result)
+                bar.update()
+    except KeyboardInterrupt:
+        comparison.interrupted = True
+    finally:
+        bar.close()
+    return comparison
+
+
+def _run_one(estimator, seed, model, guide, args, kwargs) -> Estimate:
+    with seeded(seed):
+        return estimator.estimate(model, guide, *args, **kwargs)
+
+
+def _collect(comparison, label, fn, *args) -> None:
+    try:
+        comparison.estimates[label].append(fn(*args))
+    except (FloatingPointError, ValueError) as error:
+        if not comparison.estimates[label] and label not in comparison.failures:
+            raise  # a first failure is a bug in the set-up, not bad luck: say so at once
+        comparison.failures[label] = f"{type(error).__name__}: {error}"
+
+
+def _check_compare_args(estimators, repeats, truth) -> None:
+    if isinstance(estimators, Estimator) or not estimators:
+        raise ValueError("estimators must be a non-empty list of Estimator objects")
+    for estimator in estimators:
+        if not isinstance(estimator, Estimator):
+            raise TypeError(f"estimators must be Estimator objects, got {type(estimator).__name__}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    if truth is not None and (
+        isinstance(truth, bool) or not isinstance(truth, numbers.Real) or not math.isfinite(truth)
+    ):
+        raise TypeError(f"truth must be a finite real number (a log evidence), got {truth!r}")
+
+
+def _labels(estimators) -> list[str]:
+    names = [e.name for e in estimators]
+    labels = []
+    for i, estimator in enumerate(estimators):
+        label = estimator.name
+        if names.count(label) > 1:
+            k = getattr(estimator, "num_particles", None)
+            label = f"{label}(K={k})" if k is not None else f"{label}#{i}"
+        if label in labels:
+            label = f"{label}#{i}"
+        labels.append(label)
+    return labels
+
+
+@dataclass
+class GradientVariance:
+    """Gradient statistics of training objectives over repeats.
+
+    Attributes:
+        gradients: ``{loss label: {param name: (repeats, *shape) tensor}}``.
+        costs: ``{loss label: model evaluations per gradient}``.
+    """
+
+    gradients: dict[str, dict[str, torch.Tensor]]
+    costs: dict[str, float]
+
+    @property
+    def per_parameter(self) -> pd.DataFrame:
+        """Variance summed over the elements of each parameter, one column per parameter."""
+        return pd.DataFrame(
+            {
+                label: {name: g.var(0).sum().item() for name, g in grads.items()}
+                for label, grads in self.gradients.items()
+            }
+        ).T
+
+    @property
+    def table(self) -> pd.DataFrame:
+        r"""Per loss: total variance $\sum_j \mathrm{Var}(g_j)$, mean squared norm of the mean
+        gradient, signal-to-noise ratio $\|\bar g\| / \sqrt{\sum_j \mathrm{Var}(g_j)}$, cost,
+        and work-normalised variance (variance × cost)."""
+        rows = []
+        for label, grads in self.gradients.items():
+            flat = torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1)
+            variance = flat.var(0).sum().item()
+            norm = flat.mean(0).norm().item()
+            rows.append(
+                {
+                    "loss": label,
+                    "repeats": flat.shape[0],
+                    "total_variance": variance,
+                    "mean_grad_norm": norm,
+                    "snr": norm / math.sqrt(variance) if variance > 0 else math.inf,
+                    "cost": self.costs[label],
+                    "work_variance": variance * self.costs[label],
+                }
+            )
+        return pd.DataFrame(rows).set_index("loss")
+
+
+def gradient_variance(
+    losses: Sequence,
+    model: Callable,
+    guide: Callable,
+    *args,
+    repeats: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+    **kwargs,
+) -> GradientVariance:
+    r"""Variance of each loss's gradient estimator w.r.t. the parameters, at the current
+    parameter values.
+
+    Each loss is anything with Pyro's ``loss_and_grads(model, guide, *args, **kwargs)``
+    (varinf estimators, ``pyro.infer.Trace_ELBO``, ...). Parameters are those the model and
+    guide touch in the param store; they are not changed (gradients are zeroed after each call).
+    """
+    if not losses:
+        raise ValueError("losses must be a non-empty list of Pyro losses")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
+        raise ValueError(f"repeats must be an integer >= 2 for a variance, got {repeats!r}")
+    labels = (
+        _labels(losses)
+        if all(isinstance(x, Estimator) for x in losses)
+        else [getattr(loss, "name", type(loss).__name__) + f"#{i}" for i, loss in enumerate(losses)]
+    )
+    gradients, costs = {}, {}
+    bar = tqdm(
+        total=len(losses) * repeats,
+        disable=None if progress else True,
+        desc="gradients",
+        leave=False,
+        mininterval=0.5,
+    )
+    for i, (label, loss) in enumerate(zip(labels, losses, strict=True)):
+        draws = []
+        for r in range(repeats):
+            with seeded(seed + i * SEED_STRIDE + r):
+                draws.append(_one_gradient(loss, model, guide, args, kwargs))
+            bar.update()
+        gradients[label] = {name: torch.stack([d[name] for d in draws]) for name in draws[0]}
+        costs[label] = float(getattr(loss, "num_particles", 1))
+    bar.close()
+    return GradientVariance(gradients, costs)
+
+
+def _one_gradient(loss, model, guide, args, kwargs) -> dict[str, torch.Tensor]:
+    with poutine.trace(param_only=True) as capture:
+        loss.loss_and_grads(model, guide, *args, **kwargs)
+    grads = {}
+    for name, site in capture.trace.nodes.items():
+        param = site["value"].unconstrained()
+        if param.grad is not None and name not in grads:
+            grads[name] = param.grad.detach().clone()
+            param.grad = None
+    if not grads:
+        raise ValueError("the loss produced no gradient for any parameter of the model or guide")
+    return grads
