@@ -1,0 +1,91 @@
+r"""Relaxed gradients: Gumbel-softmax and straight-through Gumbel-softmax.
+
+Jang, Gu and Poole (2017), "Categorical reparameterization with Gumbel-softmax"; Maddison, Mnih
+and Teh (2017), "The Concrete distribution". A categorical sample is :math:`z =
+\mathrm{onehot}(\arg\max_i(\log q_i + g_i))` with Gumbel noise :math:`g`; replacing the argmax by
+a tempered softmax,
+
+.. math::
+
+    y = \mathrm{softmax}\big((\log q + g)/\tau\big),
+
+gives a reparameterised sample on the simplex and the pathwise gradient
+:math:`\nabla_\theta f(y)`. It is unbiased for :math:`\nabla\,\mathbb{E}_g[f(y_\tau)]`, the
+*relaxed* objective, and biased for :math:`\nabla\,\mathbb{E}_q[f(z)]`; the bias vanishes as
+:math:`\tau \to 0` while the variance grows (as :math:`1/\tau` for smooth :math:`f`). ``f`` must
+accept relaxed samples (one-hot vectors of a :class:`~torch.distributions.OneHotCategorical`,
+probabilities in :math:`[0, 1]` for a Bernoulli).
+
+The straight-through variant (Bengio, Léonard and Courville 2013; Jang et al. 2017) evaluates
+:math:`f` at the hard sample :math:`z` and back-propagates through :math:`y`:
+:math:`z + y - \mathrm{sg}(y)`. Its value is unbiased, its gradient biased at every
+temperature (it is :math:`\nabla f` at :math:`z` times :math:`\partial y/\partial\theta`), but
+``f`` sees only discrete inputs. For the Concrete *distribution* (densities, relaxed KL), see
+:class:`varinf.distributions.Concrete`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.nn.functional import one_hot
+
+from varinf.gradients.base import CategoricalView, GradientEstimator, Surrogate
+
+
+def relaxed_sample(
+    view: CategoricalView, num_samples: int, temperature: float, generator
+) -> torch.Tensor:
+    """Gumbel-softmax samples ``(k, *batch_shape, m, n)``, differentiable in the log-probs."""
+    logits = view.log_probs + view.gumbel(num_samples, generator)
+    return torch.softmax(logits / temperature, -1)
+
+
+def straight_through(soft: torch.Tensor) -> torch.Tensor:
+    """The hard one-hot argmax of ``soft`` in value, the gradient of ``soft``."""
+    hard = one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
+    return hard + soft - soft.detach()
+
+
+class GumbelSoftmax(GradientEstimator):
+    r"""Pathwise gradient of :math:`\frac1k\sum_i f(y_i)` for Gumbel-softmax samples :math:`y_i`.
+
+    Args:
+        temperature: :math:`\tau > 0`.
+
+    Example:
+        >>> import torch
+        >>> from torch.distributions import OneHotCategorical
+        >>> logits = torch.zeros(4, requires_grad=True)
+        >>> q = OneHotCategorical(logits=logits)
+        >>> out = GumbelSoftmax(0.5).surrogate(q, lambda y: y[..., 0], 8)
+        >>> out.surrogate.backward()
+        >>> bool(logits.grad[0] > 0)
+        True
+    """
+
+    name = "gumbel-softmax"
+    unbiased = False
+    hard = False
+
+    def __init__(self, temperature: float = 0.5) -> None:
+        if not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def _surrogate(
+        self, view: CategoricalView, f: Callable, num_samples: int, generator
+    ) -> Surrogate:
+        soft = relaxed_sample(view, num_samples, self.temperature, generator)
+        sample = straight_through(soft) if self.hard else soft
+        values = f(view.decode_relaxed(sample))
+        return Surrogate(values.mean(0).detach(), values.mean(0), num_samples)
+
+
+class StraightThrough(GumbelSoftmax):
+    r"""Straight-through Gumbel-softmax: :math:`f` at the hard sample, gradient through the
+    relaxed one (see the module docstring)."""
+
+    name = "straight-through"
+    hard = True
