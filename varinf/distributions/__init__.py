@@ -1,5 +1,11 @@
 """Pyro distributions and transforms: Concrete relaxations, Gumbel-Sinkhorn, Birkhoff polytope."""
 
+from varinf.distributions.birkhoff import (
+    RoundingBirkhoff,
+    RoundingTransform,
+    StickBreakingBirkhoff,
+    StickBreakingBirkhoffTransform,
+)
 from varinf.distributions.concrete import (
     Concrete,
     ConstantTemperature,
@@ -28,4 +34,8 @@ __all__ = [
     "hungarian",
     "log_sinkhorn",
     "sinkhorn",
+    "RoundingBirkhoff",
+    "RoundingTransform",
+    "StickBreakingBirkhoff",
+    "StickBreakingBirkhoffTransform",
 ]

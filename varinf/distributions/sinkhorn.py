@@ -25,7 +25,7 @@ _EMPTY = torch.Size()
 
 
 class _DoublyStochastic(constraints.Constraint):
-    """Square non-negative matrices whose rows and columns sum to one (the Birkhoff polytope)."""
+    """Square non-negative matrices with unit row and column sums (up to ``atol``)."""
 
     event_dim = 2
 
@@ -34,7 +34,7 @@ class _DoublyStochastic(constraints.Constraint):
         super().__init__()
 
     def check(self, value: Tensor) -> Tensor:
-        nonneg = (value >= 0).flatten(-2).all(-1)
+        nonneg = (value >= -self.atol).flatten(-2).all(-1)
         rows = ((value.sum(-1) - 1).abs() <= self.atol).all(-1)
         cols = ((value.sum(-2) - 1).abs() <= self.atol).all(-1)
         return nonneg & rows & cols
