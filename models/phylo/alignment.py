@@ -1,0 +1,196 @@
+r"""DNA alignments: reading FASTA, NEXUS and PHYLIP, IUPAC partials and site patterns.
+
+An alignment of :math:`n` taxa and :math:`S` sites is stored compressed into its :math:`P`
+unique site patterns with integer weights (how many sites share the pattern), because the
+likelihood of a site depends only on its column: :math:`\log L = \sum_p w_p \log L_p`.
+Each character becomes a 4-bit mask over the states ``A, C, G, T`` (IUPAC ambiguity codes set
+several bits; gaps ``-``/``.`` and missing data ``?``/``N``/``X`` set all four, the all-ones
+partial used by MrBayes, IQ-TREE, torchtree and VBPI).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import PhyloFormatError
+
+__all__ = ["Alignment", "read_alignment", "IUPAC"]
+
+STATES = "ACGT"
+_A, _C, _G, _T = 1, 2, 4, 8
+#: IUPAC nucleotide code -> bitmask over (A, C, G, T); U is read as T.
+IUPAC: dict[str, int] = {
+    "A": _A, "C": _C, "G": _G, "T": _T, "U": _T,
+    "R": _A | _G, "Y": _C | _T, "S": _C | _G, "W": _A | _T, "K": _G | _T, "M": _A | _C,
+    "B": _C | _G | _T, "D": _A | _G | _T, "H": _A | _C | _T, "V": _A | _C | _G,
+    "N": 15, "X": 15, "?": 15, "-": 15, ".": 15,
+}  # fmt: skip
+_LOOKUP = torch.zeros(256, dtype=torch.uint8)
+for _ch, _mask in IUPAC.items():
+    _LOOKUP[ord(_ch)] = _mask
+    _LOOKUP[ord(_ch.lower())] = _mask
+
+
+@dataclass(frozen=True, eq=False)
+class Alignment:
+    r"""A DNA alignment compressed into weighted site patterns.
+
+    Attributes:
+        taxa: taxon names, in the order of the rows (leaf ``i`` of every tree is ``taxa[i]``).
+        patterns: ``(n_taxa, n_patterns)`` uint8 bitmasks over ``A, C, G, T``.
+        weights: ``(n_patterns,)`` float64 counts of sites showing each pattern.
+        n_sites: number of alignment columns :math:`S = \sum_p w_p`.
+    """
+
+    taxa: tuple[str, ...]
+    patterns: Tensor
+    weights: Tensor
+    n_sites: int
+
+    @property
+    def n_taxa(self) -> int:
+        return len(self.taxa)
+
+    @property
+    def n_patterns(self) -> int:
+        return self.patterns.shape[1]
+
+    @classmethod
+    def from_sequences(
+        cls, taxa: Sequence[str], sequences: Sequence[str], source: str = "<sequences>"
+    ) -> Alignment:
+        """Validate aligned sequences and compress them into site patterns.
+
+        Raises:
+            PhyloFormatError: no taxa, zero-length or unequal-length sequences, a duplicated
+                taxon, or a character outside the IUPAC nucleotide alphabet (the message names
+                the taxon and the site).
+        """
+        taxa, sequences = tuple(taxa), tuple(sequences)
+        if not taxa:
+            raise PhyloFormatError(f"{source}: empty alignment (no sequences)")
+        seen: set[str] = set()
+        for name in taxa:
+            if name in seen:
+                raise PhyloFormatError(f"{source}: duplicated taxon {name!r}")
+            seen.add(name)
+        n_sites = len(sequences[0])
+        if n_sites == 0:
+            raise PhyloFormatError(f"{source}: empty alignment (taxon {taxa[0]!r} has no sites)")
+        codes = torch.empty(len(taxa), n_sites, dtype=torch.uint8)
+        for i, (name, seq) in enumerate(zip(taxa, sequences, strict=True)):
+            if len(seq) != n_sites:
+                raise PhyloFormatError(
+                    f"{source}: taxon {name!r} has {len(seq)} sites, "
+                    f"taxon {taxa[0]!r} has {n_sites}"
+                )
+            codes[i] = _encode(name, seq, source)
+        patterns, counts = torch.unique(codes, dim=1, return_counts=True)
+        return cls(taxa, patterns, counts.to(torch.float64), n_sites)
+
+    def partials(self, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        """Tip partial likelihoods, shape ``(n_taxa, n_patterns, 4)``, ones where allowed."""
+        bits = torch.tensor([_A, _C, _G, _T], dtype=torch.uint8)
+        return ((self.patterns[..., None] & bits) != 0).to(dtype=dtype, device=device)
+
+    def empirical_frequencies(self) -> Tensor:
+        """Base frequencies of the unambiguous characters, weighted by pattern counts."""
+        tips = self.partials()
+        unambiguous = tips.sum(-1, keepdim=True) == 1
+        counts = (tips * unambiguous * self.weights[:, None]).sum((0, 1))
+        return counts / counts.sum()
+
+    def __repr__(self) -> str:
+        return f"Alignment({self.n_taxa} taxa, {self.n_sites} sites, {self.n_patterns} patterns)"
+
+
+def _encode(name: str, seq: str, source: str) -> Tensor:
+    raw = seq.encode("latin-1", errors="replace")
+    codes = _LOOKUP[torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()]
+    bad = (codes == 0).nonzero()
+    if len(bad):
+        site = int(bad[0])
+        raise PhyloFormatError(
+            f"{source}: taxon {name!r} has unknown character {seq[site]!r} at site {site + 1}"
+        )
+    return codes
+
+
+def read_alignment(path: str | os.PathLike, format: str | None = None) -> Alignment:
+    """Read a DNA alignment from FASTA, NEXUS or PHYLIP (relaxed) and compress its patterns.
+
+    Args:
+        path: the file.
+        format: ``"fasta"``, ``"nexus"`` or ``"phylip"``; guessed from the first line if omitted
+            (``>`` for FASTA, ``#NEXUS`` for NEXUS, two integers for PHYLIP).
+
+    FASTA is read here (to report line numbers); NEXUS and PHYLIP are read with Biopython.
+
+    Raises:
+        PhyloFormatError: unreadable or malformed file, or invalid content (see
+            `Alignment.from_sequences`); never another exception type for bad content.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError as err:
+        raise PhyloFormatError(f"{source}: cannot read alignment ({err.strerror})") from err
+    fmt = (format or _guess_format(text, source)).lower()
+    if fmt == "fasta":
+        taxa, seqs = _parse_fasta(text, source)
+    elif fmt in ("nexus", "phylip"):
+        taxa, seqs = _parse_biopython(source, fmt)
+    else:
+        raise PhyloFormatError(f"{source}: unknown alignment format {format!r}")
+    return Alignment.from_sequences(taxa, seqs, source)
+
+
+def _guess_format(text: str, source: str) -> str:
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if first.startswith(">"):
+        return "fasta"
+    if first.upper().startswith("#NEXUS"):
+        return "nexus"
+    fields = first.split()
+    if len(fields) == 2 and all(f.isdigit() for f in fields):
+        return "phylip"
+    raise PhyloFormatError(
+        f"{source}: cannot tell the alignment format from the first line {first[:40]!r} "
+        "(expected FASTA '>', '#NEXUS' or a PHYLIP header); pass format="
+    )
+
+
+def _parse_fasta(text: str, source: str) -> tuple[list[str], list[str]]:
+    taxa: list[str] = []
+    chunks: list[list[str]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(";"):
+            continue
+        if line.startswith(">"):
+            name = line[1:].split()[0] if line[1:].split() else ""
+            if not name:
+                raise PhyloFormatError(f"{source}, line {lineno}: sequence without a name")
+            taxa.append(name)
+            chunks.append([])
+        elif not chunks:
+            raise PhyloFormatError(f"{source}, line {lineno}: sequence data before any '>' name")
+        else:
+            chunks[-1].append("".join(line.split()))
+    return taxa, ["".join(c) for c in chunks]
+
+
+def _parse_biopython(source: str, fmt: str) -> tuple[list[str], list[str]]:
+    from Bio import AlignIO
+
+    try:
+        records = list(AlignIO.read(source, "phylip-relaxed" if fmt == "phylip" else "nexus"))
+    except Exception as err:  # Biopython raises many types; ours names the file
+        raise PhyloFormatError(f"{source}: not a valid {fmt.upper()} alignment: {err}") from err
+    return [r.id for r in records], [str(r.seq) for r in records]
