@@ -41,7 +41,6 @@ from varinf.gradients.base import (
     CategoricalView,
     GradientEstimator,
     Surrogate,
-    score_term,
     uniform_like,
 )
 
@@ -135,11 +134,11 @@ class RELAX(nn.Module, GradientEstimator):
         values = f(view.decode(hard))
         c_z, c_tilde = self.control_variate(view, f, z), self.control_variate(view, f, z_tilde)
         difference = c_z - c_tilde
-        surrogate = (
-            values
-            + score_term(values.detach() - c_tilde, view.log_prob(hard))
-            + (difference - difference.detach())
-        )
+        # The signal multiplies only the score: constant in theta, but kept a function of phi
+        # so that the variance gradient in `backward` reaches the control variate.
+        signal = values.detach() - self.control_variate(view, f, z_tilde.detach())
+        log_q = view.log_prob(hard)
+        surrogate = values + signal * (log_q - log_q.detach()) + (difference - difference.detach())
         return Surrogate(values.mean(0).detach(), surrogate.mean(0), num_samples)
 
     def backward(self, surrogate: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
