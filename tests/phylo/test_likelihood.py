@@ -17,7 +17,6 @@ from models.phylo import (
     pruning_log_likelihood,
     random_topologies,
     read_alignment,
-    read_trees,
 )
 
 # ---------------------------------------------------------------- brute-force reference
