@@ -137,7 +137,8 @@ class ScoreELBO(ParticleObjective):
         return Objective(value=value, surrogate=value + weights.datum_scale * score)
 
     def summarize(self, weights: LogWeights) -> tuple[float, float, dict]:
-        per_particle = weights.datum_scale * weights.log_weights.flatten(1).sum(1)
+        log_w = weights.log_weights.reshape(weights.num_particles, -1)
+        per_particle = weights.datum_scale * log_w.sum(1)
         stderr = per_particle.std() / math.sqrt(len(per_particle))
         diagnostics = importance_diagnostics(weights.log_weights)
         return per_particle.mean().item(), stderr.item(), diagnostics
