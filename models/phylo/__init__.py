@@ -8,6 +8,7 @@ See ``docs/phylo.md``. The public API::
 from .alignment import Alignment, read_alignment
 from .errors import PhyloFormatError
 from .likelihood import log_likelihood, pruning_log_likelihood
+from .model import UniformTopology, phylo_model
 from .substitution import GTR, HKY, JC69, K80, SubstitutionModel, discrete_gamma_rates, get_model
 from .topology import canonicalize, clades, from_edges, parents, random_topologies, to_newick
 from .trees import Tree, parse_newick, read_trees, stack_trees
@@ -18,6 +19,8 @@ __all__ = [
     "PhyloFormatError",
     "log_likelihood",
     "pruning_log_likelihood",
+    "UniformTopology",
+    "phylo_model",
     "SubstitutionModel",
     "JC69",
     "K80",

@@ -236,7 +236,7 @@ def log_likelihood(
         >>> aln = Alignment.from_sequences(["a", "b", "c"], ["AC", "AC", "AG"])
         >>> children, lengths = from_edges(3, [(0, 3), (1, 3), (2, 3)], [0.1, 0.2, 0.3])
         >>> round(log_likelihood(aln, children, lengths).item(), 4)
-        -7.7436
+        -6.1076
     """
     model = get_model(substitution)
     if params is None:

@@ -1,0 +1,206 @@
+r"""The phylogenetic Pyro model and the uniform prior over unrooted topologies.
+
+.. math::
+    \tau \sim \mathrm{Uniform}(\mathcal{T}_n),\quad
+    b_e \overset{iid}{\sim} p(b),\ e = 1 … 2n-3,\quad
+    \theta \sim p(\theta),\quad
+    \log p(D \mid \tau, b, \theta) = \sum_p n_p \log L_p(\tau, b, \theta),
+
+with :math:`|\mathcal{T}_n| = (2n-5)!!` unrooted binary topologies, :math:`p(b)` the branch
+length prior (Exponential(10) in MrBayes, SBN and VBPI benchmarks), :math:`\theta` the
+substitution and rate parameters (fixed or latent) and :math:`L_p` Felsenstein's likelihood of
+site pattern :math:`p` (`models.phylo.likelihood`). Zhang & Matsen (2019), "Variational
+Bayesian phylogenetic inference", use exactly this model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import TorchDistribution
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+
+from .alignment import Alignment
+from .errors import PhyloFormatError
+from .likelihood import pruning_log_likelihood
+from .substitution import SubstitutionModel, discrete_gamma_rates, get_model
+from .topology import num_topologies_log, random_topologies
+from .trees import Tree
+
+__all__ = ["UniformTopology", "phylo_model"]
+
+
+class _TopologyConstraint(constraints.Constraint):
+    """Valid child tables: each node below the root is a child exactly once, of a later node."""
+
+    is_discrete = True
+    event_dim = 2
+
+    def __init__(self, n_taxa: int) -> None:
+        self.n_taxa = n_taxa
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        n = self.n_taxa
+        if value.shape[-2:] != (n - 1, 2):
+            return torch.zeros(value.shape[:-2], dtype=torch.bool, device=value.device)
+        parents = torch.arange(n, 2 * n - 1, device=value.device)[:, None]
+        in_range = ((value >= 0) & (value < parents)).all(-1).all(-1)
+        counts = torch.zeros(*value.shape[:-2], 2 * n - 1, dtype=torch.long, device=value.device)
+        counts.scatter_add_(
+            -1, value.clamp(0, 2 * n - 2).flatten(-2), torch.ones_like(value).flatten(-2)
+        )
+        once = (counts[..., :-1] == 1).all(-1)
+        last = (value[..., -1, 0] == 2 * n - 3) & (value[..., -1, 1] == n - 1)
+        return in_range & once & last
+
+
+class UniformTopology(TorchDistribution):
+    r"""Uniform distribution over the :math:`(2n-5)!!` unrooted binary topologies on ``n`` taxa.
+
+    Samples are canonical ``(n-1, 2)`` long child tables (`models.phylo.topology`), drawn by
+    random stepwise addition (exactly uniform). :math:`\log p(\tau) = -\log (2n-5)!!` for every
+    valid table; the density is with respect to counting measure on canonical tables.
+
+    Example:
+        >>> d = UniformTopology(5)
+        >>> d.sample((2,)).shape
+        torch.Size([2, 4, 2])
+        >>> round(float(d.log_prob(d.sample()).exp() * 15), 6)
+        1.0
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, n_taxa: int, batch_shape=(), validate_args=None) -> None:
+        if int(n_taxa) < 3:
+            raise ValueError(f"n_taxa must be at least 3, got {n_taxa}")
+        self.n_taxa = int(n_taxa)
+        super().__init__(torch.Size(batch_shape), torch.Size([n_taxa - 1, 2]), validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=2)
+    def support(self):
+        return _TopologyConstraint(self.n_taxa)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(UniformTopology, _instance)
+        new.n_taxa = self.n_taxa
+        super(UniformTopology, new).__init__(
+            torch.Size(batch_shape), self.event_shape, validate_args=False
+        )
+        new._validate_args = self._validate_args
+        return new
+
+    def sample(self, sample_shape=()) -> Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        trees = random_topologies(self.n_taxa, max(shape.numel(), 1))
+        return trees[: shape.numel()].reshape(*shape, *self.event_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        shape = torch.broadcast_shapes(value.shape[:-2], self.batch_shape)
+        return torch.full(shape, -num_topologies_log(self.n_taxa), device=value.device)
+
+
+def phylo_model(
+    alignment: Alignment,
+    topology: Tree | Tensor | None = None,
+    substitution: str | SubstitutionModel = "JC69",
+    branch_prior: Distribution | None = None,
+    gamma_shape: float | Tensor | Distribution | None = None,
+    gamma_categories: int = 4,
+    rescale_every: int = 4,
+) -> Callable[[], Tensor]:
+    r"""A Pyro model of an alignment evolving along a tree.
+
+    Sample sites: ``"topology"`` (only if ``topology`` is ``None``; `UniformTopology`),
+    ``"branch_lengths"`` (``branch_prior`` expanded to :math:`2n-3` branches, one event), each
+    distribution-valued substitution parameter under its own name (``"kappa"``, ``"rates"``,
+    ``"freqs"``), ``"gamma_shape"`` if it is a distribution; then
+    ``pyro.factor("alignment", log_likelihood)``. No plates are declared: run it inside
+    ``pyro.plate("particles", K, dim=-1)`` (or more plates to the left) and every site gets those
+    batch dimensions; the likelihood is evaluated for all particles (and all sampled
+    topologies) in one pass, in float64 whatever the dtype of the branch lengths.
+
+    Args:
+        alignment: the data.
+        topology: a fixed `Tree` on the alignment's taxa, or a ``(n-1, 2)`` canonical table,
+            or ``None`` for a latent topology.
+        substitution: model name or instance (see `models.phylo.substitution`).
+        branch_prior: prior of one branch length; default ``Exponential(10)``.
+        gamma_shape: discrete-Gamma shape (fixed or a prior); ``None`` for no rate variation.
+        gamma_categories: number of Gamma categories.
+        rescale_every: see `pruning_log_likelihood`.
+
+    Returns:
+        The model, a callable without arguments that returns the log-likelihood.
+
+    Example:
+        >>> aln = Alignment.from_sequences(["a", "b", "c", "d"], ["ACGT", "ACGA", "TCGA", "TCGG"])
+        >>> model = phylo_model(aln)
+        >>> with pyro.plate("particles", 7, dim=-1):
+        ...     trace = pyro.poutine.trace(model).get_trace()
+        >>> trace.nodes["topology"]["value"].shape, trace.nodes["alignment"]["fn"].batch_shape
+        (torch.Size([7, 3, 2]), torch.Size([7]))
+    """
+    if not isinstance(alignment, Alignment):
+        raise TypeError(f"alignment must be an Alignment, got {type(alignment).__name__}")
+    n = alignment.n_taxa
+    if n < 3:
+        raise PhyloFormatError(f"alignment has {n} taxa; a tree needs at least 3")
+    children = _fixed_topology(topology, alignment)
+    model_sub = get_model(substitution)
+    prior = dist.Exponential(10.0) if branch_prior is None else branch_prior
+    tips = alignment.partials().mT.contiguous()
+    weights = alignment.weights
+
+    def model() -> Tensor:
+        tau = pyro.sample("topology", UniformTopology(n)) if children is None else children
+        lengths = pyro.sample("branch_lengths", prior.expand([2 * n - 3]).to_event(1))
+        lengths = lengths.to(torch.float64)
+        params = model_sub.sample()
+        shape = gamma_shape
+        if isinstance(shape, Distribution):
+            shape = pyro.sample("gamma_shape", shape)
+        rates = lengths.new_ones(1)
+        if shape is not None:
+            rates = discrete_gamma_rates(shape, gamma_categories).to(lengths)
+        t = lengths[..., :, None] * rates[..., None, :]
+        trans = model_sub.transition_matrices(params, t.flatten(-2)).unflatten(-3, t.shape[-2:])
+        freqs = model_sub.frequencies(params).to(lengths)
+        loglik = pruning_log_likelihood(
+            tips.to(lengths.device), weights.to(lengths.device), tau.to(lengths.device),
+            trans, freqs, rescale_every=rescale_every,
+        )  # fmt: skip
+        pyro.factor("alignment", loglik)
+        return loglik
+
+    return model
+
+
+def _fixed_topology(topology, alignment: Alignment) -> Tensor | None:
+    n = alignment.n_taxa
+    if topology is None:
+        return None
+    if isinstance(topology, Tree):
+        if topology.taxa != alignment.taxa:
+            extra = set(topology.taxa) ^ set(alignment.taxa)
+            what = f"taxon {sorted(extra)[0]!r} is in only one of them" if extra else "order"
+            raise PhyloFormatError(
+                f"topology: the tree's taxa differ from the alignment's ({what}); "
+                "read the tree with read_trees(path, taxa=alignment.taxa)"
+            )
+        return topology.children
+    topology = torch.as_tensor(topology)
+    if topology.shape != (n - 1, 2) or not _TopologyConstraint(n).check(topology):
+        raise ValueError(
+            f"topology must be a Tree or a valid ({n - 1}, 2) child table, "
+            f"got shape {tuple(topology.shape)}"
+        )
+    return topology.long()
