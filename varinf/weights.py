@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import constraints
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 
@@ -143,6 +144,7 @@ def trace_log_weights(
     if guide is not None:
         guide_trace = prune_subsample_sites(guide_trace)
         _check_supports_match(model_trace, guide_trace)
+        _check_values_in_support(model_trace)
     else:  # prior sampling: the proposal is the model's own latent sites
         guide_trace = _latent_subtrace(model_trace)
     for trace in (model_trace, guide_trace):
@@ -223,6 +225,27 @@ def _check_supports_match(model_trace: poutine.Trace, guide_trace: poutine.Trace
     extra = sorted(guide_latents - set(model_trace.nodes))
     if extra:
         raise ValueError(f"the guide samples site(s) {extra} that the model does not have")
+
+
+def _check_values_in_support(model_trace: poutine.Trace) -> None:
+    """The guide's samples must lie in the support of the model's sites (checked always: with
+    Pyro's validation off, many log densities return finite nonsense outside the support)."""
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        support = site["fn"].support
+        if (
+            support is constraints.real
+            or isinstance(support, constraints.independent)
+            and (support.base_constraint is constraints.real)
+        ):
+            continue
+        inside = support.check(site["value"])
+        if not bool(inside.all()):
+            raise ValueError(
+                f"the guide proposes values outside the support ({support}) of the model's "
+                f"site {name!r}; transform the guide's samples into that support"
+            )
 
 
 def _datum_frame(model_trace: poutine.Trace, guide_trace: poutine.Trace):
