@@ -1,21 +1,21 @@
 r"""The interface every discrete gradient estimator shares, and the categorical view behind it.
 
-Every estimator in :mod:`varinf.gradients` estimates
+Every estimator in `varinf.gradients` estimates
 
-.. math::
+$$
+\nabla_\theta\, \mathbb{E}_{z \sim q_\theta}[f(z)]
+$$
 
-    \nabla_\theta\, \mathbb{E}_{z \sim q_\theta}[f(z)]
-
-for a discrete :math:`q_\theta` (categorical, Bernoulli, or a product of them) from ``k``
-evaluations of :math:`f`, and returns it as a *surrogate*: a tensor whose value is an estimate of
-:math:`\mathbb{E}[f]` and whose gradient (w.r.t. the distribution's parameters and any
-parameters inside :math:`f`) is the gradient estimator. Differentiating
+for a discrete $q_\theta$ (categorical, Bernoulli, or a product of them) from ``k``
+evaluations of $f$, and returns it as a *surrogate*: a tensor whose value is an estimate of
+$\mathbb{E}[f]$ and whose gradient (w.r.t. the distribution's parameters and any
+parameters inside $f$) is the gradient estimator. Differentiating
 ``surrogate.sum()`` therefore gives the estimate, and the estimators are interchangeable.
 
-Internally a distribution is seen as :math:`m` independent categorical *factors* of :math:`n`
-categories each (a Bernoulli is a categorical over :math:`\{0, 1\}` with log-probabilities
-:math:`(\log\sigma(-\eta), \log\sigma(\eta))`); batch dimensions are independent problems, each
-with its own value of :math:`f`.
+Internally a distribution is seen as $m$ independent categorical *factors* of $n$
+categories each (a Bernoulli is a categorical over $\{0, 1\}$ with log-probabilities
+$(\log\sigma(-\eta), \log\sigma(\eta))$); batch dimensions are independent problems, each
+with its own value of $f$.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ MAX_JOINT_STATES = 2**16
 
 @dataclass
 class Surrogate:
-    """What :meth:`GradientEstimator.surrogate` returns.
+    """What `GradientEstimator.surrogate` returns.
 
     Attributes:
-        value: Estimate of :math:`\\mathbb{E}_q[f]`, shape ``batch_shape``, detached.
+        value: Estimate of $\\mathbb{E}_q[f]$, shape ``batch_shape``, detached.
         surrogate: Same value, shape ``batch_shape``, carrying the estimator as its gradient.
         num_evaluations: Evaluations of ``f`` per batch element (the cost unit).
     """
@@ -51,16 +51,16 @@ class Surrogate:
 class GradientEstimator:
     """Base class: ``surrogate(dist, f, num_samples, generator=None) -> Surrogate``.
 
-    ``dist`` is a :class:`~torch.distributions.Categorical`,
-    :class:`~torch.distributions.OneHotCategorical` or :class:`~torch.distributions.Bernoulli`,
-    or an :class:`~torch.distributions.Independent` of one of them (its reinterpreted dimensions
+    ``dist`` is a `Categorical`,
+    `OneHotCategorical` or `Bernoulli`,
+    or an `Independent` of one of them (its reinterpreted dimensions
     are the factors of one joint variable). ``f`` maps samples of shape
     ``(k, *dist.batch_shape, *dist.event_shape)``, in the format ``dist.sample`` uses, to values
     of shape ``(k, *dist.batch_shape)``.
     """
 
     name: str = "estimator"
-    #: Whether the estimator is unbiased for the gradient of :math:`\mathbb{E}_q[f]`.
+    #: Whether the estimator is unbiased for the gradient of $\mathbb{E}_q[f]$.
     unbiased: bool = True
     min_samples: int = 1
 
@@ -93,8 +93,8 @@ class GradientEstimator:
 
 
 class CategoricalView:
-    r"""A supported distribution as ``log_probs`` of shape ``(*batch_shape, m, n)``: :math:`m`
-    independent categorical factors with :math:`n` categories, normalised in the last dim.
+    r"""A supported distribution as ``log_probs`` of shape ``(*batch_shape, m, n)``: $m$
+    independent categorical factors with $n$ categories, normalised in the last dim.
 
     Raises:
         TypeError: ``dist`` is not one of the supported families.
@@ -131,7 +131,7 @@ class CategoricalView:
         return (self.log_probs.detach() + noise).argmax(-1)
 
     def log_prob(self, indices: torch.Tensor) -> torch.Tensor:
-        """:math:`\\log q` of indices ``(k, *batch_shape, m)``, shape ``(k, *batch_shape)``."""
+        """$\\log q$ of indices ``(k, *batch_shape, m)``, shape ``(k, *batch_shape)``."""
         log_probs = self.log_probs.expand(indices.shape[0], *self.log_probs.shape)
         return log_probs.gather(-1, indices.unsqueeze(-1)).squeeze(-1).sum(-1)
 
@@ -157,10 +157,10 @@ class CategoricalView:
 
     # -- the joint categorical over all factors --------------------------------------------
     def joint_log_probs(self) -> torch.Tensor:
-        r"""Log-probabilities of the :math:`n^m` joint states, ``(*batch_shape, n^m)``.
+        r"""Log-probabilities of the $n^m$ joint states, ``(*batch_shape, n^m)``.
 
-        State :math:`s` has factor :math:`j` in category digit :math:`j` of :math:`s` in base
-        :math:`n` (most significant first), see :meth:`joint_to_indices`.
+        State $s$ has factor $j$ in category digit $j$ of $s$ in base
+        $n$ (most significant first), see `joint_to_indices`.
         """
         num_states = self.num_categories**self.num_factors
         if num_states > MAX_JOINT_STATES:
@@ -196,19 +196,19 @@ def uniform_like(tensor: torch.Tensor, generator: torch.Generator | None) -> tor
 
 
 def leave_one_out_mean(values: torch.Tensor) -> torch.Tensor:
-    r""":math:`\frac{1}{k-1} \sum_{j \ne i} v_j` along dim 0, for :math:`k \geq 2`."""
+    r"""$\frac{1}{k-1} \sum_{j \ne i} v_j$ along dim 0, for $k \geq 2$."""
     num = values.shape[0]
     return (values.sum(0, keepdim=True) - values) / (num - 1)
 
 
 def score_term(signal: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
-    r"""Zero in value, gradient :math:`\mathrm{sg}(\text{signal}) \nabla \log q`."""
+    r"""Zero in value, gradient $\mathrm{sg}(\text{signal}) \nabla \log q$."""
     term = signal.detach() * log_prob
     return term - term.detach()
 
 
 def enumerate_expectation(dist: Distribution, f: Callable) -> torch.Tensor:
-    r"""Exact :math:`\mathbb{E}_q[f] = \sum_s q(s) f(s)` by enumerating the joint support,
+    r"""Exact $\mathbb{E}_q[f] = \sum_s q(s) f(s)$ by enumerating the joint support,
     differentiable (its gradient is the exact gradient the estimators target)."""
     view = CategoricalView(dist)
     joint = view.joint_log_probs()
@@ -227,6 +227,6 @@ def enumerate_tuples(num_states: int, k: int) -> torch.Tensor:
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log(1 - e^{-x})` for :math:`x > 0`, accurate for small and large :math:`x`
+    r"""$\log(1 - e^{-x})$ for $x > 0$, accurate for small and large $x$
     (Mächler 2012)."""
     return torch.where(x < math.log(2), torch.log(-torch.expm1(-x)), torch.log1p(-torch.exp(-x)))

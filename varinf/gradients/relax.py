@@ -1,31 +1,31 @@
 r"""RELAX: score-function gradients with a learned, reparameterised control variate.
 
 Grathwohl, Choi, Wu, Roeder and Duvenaud (2018), "Backpropagation through the void". With
-relaxed pre-activations :math:`z = \log q + g` (Gumbel :math:`g`), the discrete sample
-:math:`b = \arg\max z`, and :math:`\tilde z \sim p(z \mid b)` drawn by conditional
-re-sampling, for any differentiable control variate :math:`c_\phi`
+relaxed pre-activations $z = \log q + g$ (Gumbel $g$), the discrete sample
+$b = \arg\max z$, and $\tilde z \sim p(z \mid b)$ drawn by conditional
+re-sampling, for any differentiable control variate $c_\phi$
 
-.. math::
+$$
+\hat g = \big(f(b) - c_\phi(\tilde z)\big)\nabla_\theta \log q_\theta(b)
+    + \nabla_\theta c_\phi(z) - \nabla_\theta c_\phi(\tilde z)
+$$
 
-    \hat g = \big(f(b) - c_\phi(\tilde z)\big)\nabla_\theta \log q_\theta(b)
-        + \nabla_\theta c_\phi(z) - \nabla_\theta c_\phi(\tilde z)
+is unbiased for $\nabla_\theta\mathbb{E}_q[f(b)]$. Its parameters $\phi$ are trained
+to minimise the variance, by the gradient $\partial\,\mathbb{E}[\hat g^2]/\partial\phi$
+(the mean does not depend on $\phi$), which needs $\hat g$ as a differentiable
+function of $\phi$: call `RELAX.backward` rather than ``surrogate.backward()``.
 
-is unbiased for :math:`\nabla_\theta\mathbb{E}_q[f(b)]`. Its parameters :math:`\phi` are trained
-to minimise the variance, by the gradient :math:`\partial\,\mathbb{E}[\hat g^2]/\partial\phi`
-(the mean does not depend on :math:`\phi`), which needs :math:`\hat g` as a differentiable
-function of :math:`\phi`: call :meth:`RELAX.backward` rather than ``surrogate.backward()``.
+Conditional re-sampling (Tucker et al. 2017, "REBAR", appendix): with $v \sim U(0,1)^n$
+and normalised $q$,
 
-Conditional re-sampling (Tucker et al. 2017, "REBAR", appendix): with :math:`v \sim U(0,1)^n`
-and normalised :math:`q`,
+$$
+\tilde z_b = -\log(-\log v_b), \qquad
+\tilde z_i = -\log\Big(-\frac{\log v_i}{q_i} - \log v_b\Big) \quad (i \neq b).
+$$
 
-.. math::
-
-    \tilde z_b = -\log(-\log v_b), \qquad
-    \tilde z_i = -\log\Big(-\frac{\log v_i}{q_i} - \log v_b\Big) \quad (i \neq b).
-
-The default control variate is REBAR's, :math:`c(z) = \eta\, f(\mathrm{softmax}(z/\tau))`, with
-learned scale :math:`\eta` and temperature :math:`\tau`, plus an optional network
-:math:`r_\rho(z)` (see :func:`mlp_control_variate`).
+The default control variate is REBAR's, $c(z) = \eta\, f(\mathrm{softmax}(z/\tau))$, with
+learned scale $\eta$ and temperature $\tau$, plus an optional network
+$r_\rho(z)$ (see `mlp_control_variate`).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from varinf.gradients.base import (
 def conditional_gumbel(
     log_probs: torch.Tensor, hard: torch.Tensor, generator: torch.Generator | None
 ) -> torch.Tensor:
-    r""":math:`\tilde z \sim p(\log q + g \mid \arg\max = b)`, reparameterised in ``log_probs``.
+    r"""$\tilde z \sim p(\log q + g \mid \arg\max = b)$, reparameterised in ``log_probs``.
 
     Args:
         log_probs: Normalised log-probabilities broadcastable to ``hard.shape + (n,)``.
-        hard: Category indices :math:`b`.
+        hard: Category indices $b$.
     """
     mask = one_hot(hard, log_probs.shape[-1]).to(torch.bool)
     log_probs = log_probs.expand(mask.shape)
@@ -72,7 +72,7 @@ class _MLP(nn.Module):
 
 
 def mlp_control_variate(num_factors: int, num_categories: int, hidden: int = 32) -> nn.Module:
-    """A one-hidden-layer network :math:`r_\\rho(z)` from ``(..., m, n)`` to ``(...)``."""
+    """A one-hidden-layer network $r_\\rho(z)$ from ``(..., m, n)`` to ``(...)``."""
     return _MLP(num_factors * num_categories, hidden)
 
 
@@ -80,14 +80,14 @@ class RELAX(nn.Module, GradientEstimator):
     r"""The RELAX estimator (see the module docstring).
 
     Args:
-        temperature: Initial temperature :math:`\tau` of the REBAR term.
-        scale: Initial scale :math:`\eta` of the REBAR term; ``None`` to leave it out (then
+        temperature: Initial temperature $\tau$ of the REBAR term.
+        scale: Initial scale $\eta$ of the REBAR term; ``None`` to leave it out (then
             ``net`` is required and ``f`` need not accept relaxed samples).
-        net: Optional module :math:`r_\rho` from pre-activations ``(k, *batch, m, n)`` to
+        net: Optional module $r_\rho$ from pre-activations ``(k, *batch, m, n)`` to
             ``(k, *batch)``, added to the control variate.
 
-    Its parameters (:math:`\log\tau`, :math:`\eta`, :math:`\rho`) are ``self.parameters()``;
-    give them an optimiser and call :meth:`backward` on every step.
+    Its parameters ($\log\tau$, $\eta$, $\rho$) are ``self.parameters()``;
+    give them an optimiser and call `backward` on every step.
 
     Example:
         >>> import torch
@@ -115,7 +115,7 @@ class RELAX(nn.Module, GradientEstimator):
         self.net = net
 
     def control_variate(self, view: CategoricalView, f: Callable, z: torch.Tensor) -> torch.Tensor:
-        r""":math:`c_\phi(z)` for pre-activations ``z`` ``(k, *batch, m, n)``."""
+        r"""$c_\phi(z)$ for pre-activations ``z`` ``(k, *batch, m, n)``."""
         value = torch.zeros(z.shape[:-2], dtype=z.dtype, device=z.device)
         if self.scale is not None:
             temperature = self.log_temperature.to(z.dtype).exp()
@@ -142,8 +142,8 @@ class RELAX(nn.Module, GradientEstimator):
         return Surrogate(values.mean(0).detach(), surrogate.mean(0), num_samples)
 
     def backward(self, surrogate: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
-        r"""Accumulate :math:`\hat g` (the gradient of ``surrogate.sum()``) into ``params``'
-        ``.grad`` and :math:`\partial \sum \hat g^2 / \partial\phi` into the control variate's.
+        r"""Accumulate $\hat g$ (the gradient of ``surrogate.sum()``) into ``params``'
+        ``.grad`` and $\partial \sum \hat g^2 / \partial\phi$ into the control variate's.
 
         Args:
             surrogate: ``Surrogate.surrogate`` of this estimator (or a loss built from it).

@@ -1,27 +1,27 @@
 r"""Relaxed gradients: Gumbel-softmax and straight-through Gumbel-softmax.
 
 Jang, Gu and Poole (2017), "Categorical reparameterization with Gumbel-softmax"; Maddison, Mnih
-and Teh (2017), "The Concrete distribution". A categorical sample is :math:`z =
-\mathrm{onehot}(\arg\max_i(\log q_i + g_i))` with Gumbel noise :math:`g`; replacing the argmax by
+and Teh (2017), "The Concrete distribution". A categorical sample is $z =
+\mathrm{onehot}(\arg\max_i(\log q_i + g_i))$ with Gumbel noise $g$; replacing the argmax by
 a tempered softmax,
 
-.. math::
-
-    y = \mathrm{softmax}\big((\log q + g)/\tau\big),
+$$
+y = \mathrm{softmax}\big((\log q + g)/\tau\big),
+$$
 
 gives a reparameterised sample on the simplex and the pathwise gradient
-:math:`\nabla_\theta f(y)`. It is unbiased for :math:`\nabla\,\mathbb{E}_g[f(y_\tau)]`, the
-*relaxed* objective, and biased for :math:`\nabla\,\mathbb{E}_q[f(z)]`; the bias vanishes as
-:math:`\tau \to 0` while the variance grows (as :math:`1/\tau` for smooth :math:`f`). ``f`` must
-accept relaxed samples (one-hot vectors of a :class:`~torch.distributions.OneHotCategorical`,
-probabilities in :math:`[0, 1]` for a Bernoulli).
+$\nabla_\theta f(y)$. It is unbiased for $\nabla\,\mathbb{E}_g[f(y_\tau)]$, the
+*relaxed* objective, and biased for $\nabla\,\mathbb{E}_q[f(z)]$; the bias vanishes as
+$\tau \to 0$ while the variance grows (as $1/\tau$ for smooth $f$). ``f`` must
+accept relaxed samples (one-hot vectors of a `OneHotCategorical`,
+probabilities in $[0, 1]$ for a Bernoulli).
 
 The straight-through variant (Bengio, Léonard and Courville 2013; Jang et al. 2017) evaluates
-:math:`f` at the hard sample :math:`z` and back-propagates through :math:`y`:
-:math:`z + y - \mathrm{sg}(y)`. Its value is unbiased, its gradient biased at every
-temperature (it is :math:`\nabla f` at :math:`z` times :math:`\partial y/\partial\theta`), but
+$f$ at the hard sample $z$ and back-propagates through $y$:
+$z + y - \mathrm{sg}(y)$. Its value is unbiased, its gradient biased at every
+temperature (it is $\nabla f$ at $z$ times $\partial y/\partial\theta$), but
 ``f`` sees only discrete inputs. For the Concrete *distribution* (densities, relaxed KL), see
-:class:`varinf.distributions.Concrete`.
+`varinf.distributions.Concrete`.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def straight_through(soft: torch.Tensor) -> torch.Tensor:
 
 
 class GumbelSoftmax(GradientEstimator):
-    r"""Pathwise gradient of :math:`\frac1k\sum_i f(y_i)` for Gumbel-softmax samples :math:`y_i`.
+    r"""Pathwise gradient of $\frac1k\sum_i f(y_i)$ for Gumbel-softmax samples $y_i$.
 
     Args:
-        temperature: :math:`\tau > 0`.
+        temperature: $\tau > 0$.
 
     Example:
         >>> import torch
@@ -84,7 +84,7 @@ class GumbelSoftmax(GradientEstimator):
 
 
 class StraightThrough(GumbelSoftmax):
-    r"""Straight-through Gumbel-softmax: :math:`f` at the hard sample, gradient through the
+    r"""Straight-through Gumbel-softmax: $f$ at the hard sample, gradient through the
     relaxed one (see the module docstring)."""
 
     name = "straight-through"

@@ -1,29 +1,30 @@
 r"""The score-function (REINFORCE) estimator with baselines.
 
-With :math:`k` independent samples :math:`z_i \sim q_\theta` (Williams 1992, "Simple
+With $k$ independent samples $z_i \sim q_\theta$ (Williams 1992, "Simple
 statistical gradient-following algorithms for connectionist reinforcement learning"),
 
-.. math::
+$$
+\hat g = \frac1k \sum_{i=1}^k \big(f(z_i) - b_i\big)\, \nabla_\theta \log q_\theta(z_i)
+    + \nabla_\theta f(z_i),
+$$
 
-    \hat g = \frac1k \sum_{i=1}^k \big(f(z_i) - b_i\big)\, \nabla_\theta \log q_\theta(z_i)
-        + \nabla_\theta f(z_i),
+unbiased for any baseline $b_i$ independent of $z_i$:
 
-unbiased for any baseline :math:`b_i` independent of :math:`z_i`:
-
-- ``baseline=None``: :math:`b_i = 0`;
-- ``"moving-average"``: an exponential moving average of past values of :math:`f`, updated
+- ``baseline=None``: $b_i = 0$;
+- ``"moving-average"``: an exponential moving average of past values of $f$, updated
   after it is used (so it never depends on the current samples);
-- ``"leave-one-out"``: :math:`b_i = \frac1{k-1}\sum_{j\neq i} f(z_j)` (Kool, van Hoof and
+- ``"leave-one-out"``: $b_i = \frac1{k-1}\sum_{j\neq i} f(z_j)$ (Kool, van Hoof and
   Welling 2019, "Buy 4 REINFORCE samples, get a baseline for free!"), which needs
-  :math:`k \geq 2`.
+  $k \geq 2$.
 
-The Pyro loss with the leave-one-out baseline is :class:`ScoreELBO`.
+The Pyro loss with the leave-one-out baseline is `ScoreELBO`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -47,8 +48,8 @@ class ScoreFunction(GradientEstimator):
 
     Args:
         baseline: ``None``, ``"moving-average"`` or ``"leave-one-out"``.
-        decay: Decay :math:`\beta` of the moving average :math:`b \leftarrow \beta b +
-            (1-\beta)\,\overline{f}` (a scalar over the batch; zero on the first call, which
+        decay: Decay $\beta$ of the moving average $b \leftarrow \beta b +
+            (1-\beta)\,\overline{f}$ (a scalar over the batch; zero on the first call, which
             starts the average at the mean of its values).
 
     Example:
@@ -104,27 +105,28 @@ class ScoreFunction(GradientEstimator):
 class ScoreELBO(ParticleObjective):
     r"""The ELBO with the leave-one-out score-function gradient for discrete guide sites.
 
-    With :math:`K \geq 2` particles per datum, value :math:`\frac1K\sum_k \log w_k` and gradient
+    With $K \geq 2$ particles per datum, value $\frac1K\sum_k \log w_k$ and gradient
 
-    .. math::
-
-        \frac1K \sum_k \Big[\nabla \log w_k + \Big(\log w_k - \frac1{K-1}\sum_{j\neq k}
-        \log w_j\Big) \nabla \log q(z_k)\Big],
+    $$
+    \frac1K \sum_k \Big[\nabla \log w_k + \Big(\log w_k - \frac1{K-1}\sum_{j\neq k}
+    \log w_j\Big) \nabla \log q(z_k)\Big],
+    $$
 
     where the score term uses only the non-reparameterised (discrete) guide sites and
-    :math:`\nabla\log w_k` is taken at fixed :math:`z_k`. Pyro's ``Trace_ELBO`` uses no
-    baseline here; the leave-one-out one (Kool et al. 2019) is free with :math:`K \ge 2`. Prefer
-    :class:`~varinf.gradients.vimco.VIMCO` to train with the tighter multi-sample bound.
+    $\nabla\log w_k$ is taken at fixed $z_k$. Pyro's ``Trace_ELBO`` uses no
+    baseline here; the leave-one-out one (Kool et al. 2019) is free with $K \ge 2$. Prefer
+    `VIMCO` to train with the tighter multi-sample bound.
 
     Args:
-        num_particles: :math:`K \geq 2`.
-        max_plate_nesting, seed: See :class:`~varinf.estimators.objective.ParticleObjective`.
+        num_particles: $K \geq 2$.
+        **options: ``max_plate_nesting`` and ``seed``, see
+            `ParticleObjective`.
     """
 
     name = "score-elbo"
     kind = "lower-bound"
 
-    def __init__(self, num_particles: int = 2, **options) -> None:
+    def __init__(self, num_particles: int = 2, **options: Any) -> None:
         super().__init__(num_particles, **options)
         if num_particles < 2:
             raise ValueError(f"num_particles must be at least 2 for ScoreELBO, got {num_particles}")

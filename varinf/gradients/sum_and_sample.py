@@ -1,20 +1,20 @@
 r"""Sum-and-sample: Rao-Blackwellised score-function gradients.
 
 Liu, Regier, Tripuraneni, Jordan and McAuliffe (2019), "Rao-Blackwellized stochastic gradients
-for discrete distributions". With :math:`C` the :math:`k-1` most probable joint states and one
-sample :math:`z` from :math:`q` restricted to the rest,
+for discrete distributions". With $C$ the $k-1$ most probable joint states and one
+sample $z$ from $q$ restricted to the rest,
 
-.. math::
+$$
+\hat g = \sum_{c \in C} \nabla\big[q_\theta(c) f(c)\big]
+    + \big(1 - q_\theta(C)\big)\big[f(z)\,\nabla\log q_\theta(z) + \nabla f(z)\big],
+$$
 
-    \hat g = \sum_{c \in C} \nabla\big[q_\theta(c) f(c)\big]
-        + \big(1 - q_\theta(C)\big)\big[f(z)\,\nabla\log q_\theta(z) + \nabla f(z)\big],
-
-unbiased because :math:`C` is a deterministic function of :math:`\theta` and the sampled term
-averages to :math:`\sum_{z\notin C}\nabla[q(z)f(z)]`. The :math:`k` evaluations of :math:`f` are
-the :math:`k-1` summed states and the sample; with :math:`k \geq n^m` (the support size) the sum
-is exact. Best when :math:`q` puts most of its mass on a few states (peaked posteriors, late in
+unbiased because $C$ is a deterministic function of $\theta$ and the sampled term
+averages to $\sum_{z\notin C}\nabla[q(z)f(z)]$. The $k$ evaluations of $f$ are
+the $k-1$ summed states and the sample; with $k \geq n^m$ (the support size) the sum
+is exact. Best when $q$ puts most of its mass on a few states (peaked posteriors, late in
 training). The states are enumerated jointly (see
-:meth:`~varinf.gradients.base.CategoricalView.joint_log_probs`).
+`joint_log_probs`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from varinf.gradients.base import CategoricalView, GradientEstimator, Surrogate,
 
 
 class SumAndSample(GradientEstimator):
-    r"""Exact sum over the :math:`k-1` most probable states plus one sample from the rest.
+    r"""Exact sum over the $k-1$ most probable states plus one sample from the rest.
 
     Example:
         >>> import torch
@@ -62,7 +62,7 @@ class SumAndSample(GradientEstimator):
 
     @staticmethod
     def _sample_rest(joint: torch.Tensor, top: torch.Tensor, generator) -> torch.Tensor:
-        """One state from :math:`q` restricted to the complement of ``top`` (Gumbel-max)."""
+        """One state from $q$ restricted to the complement of ``top`` (Gumbel-max)."""
         masked = joint.detach().scatter(-1, top, float("-inf"))
         return (masked + gumbel_like(masked, generator)).argmax(-1)
 

@@ -1,9 +1,9 @@
 r"""The Bernoulli toy of Kool, van Hoof and Welling (2020), on which every estimator is checked.
 
-:math:`d = 3` independent Bernoullis with one shared logit :math:`\eta`, :math:`f(b) =
-\sum_i (b_i - p_{0,i})^2` with :math:`p_0 = (0.6, 0.51, 0.48)`; the exact gradient is
-:math:`\sigma'(\eta) \sum_i (1 - 2 p_{0,i})`: :math:`-0.0450` at :math:`\eta = 0` and
-:math:`-0.0032` at :math:`\eta = -4`.
+$d = 3$ independent Bernoullis with one shared logit $\eta$, $f(b) =
+\sum_i (b_i - p_{0,i})^2$ with $p_0 = (0.6, 0.51, 0.48)$; the exact gradient is
+$\sigma'(\eta) \sum_i (1 - 2 p_{0,i})$: $-0.0450$ at $\eta = 0$ and
+$-0.0032$ at $\eta = -4$.
 
 Example:
     >>> round(exact_gradient(0.0), 4), round(exact_gradient(-4.0), 4)

@@ -1,40 +1,40 @@
 r"""The unordered set estimator: score-function gradients from samples without replacement.
 
 Kool, van Hoof and Welling (2020), "Estimating gradients for discrete random variables by
-sampling without replacement". Draw a set :math:`S` of :math:`k` distinct joint states by
-Gumbel-top-:math:`k` (the :math:`k` largest of :math:`\log q(s) + G_s`); its probability
-:math:`q(S)` sums the Plackett-Luce probabilities of all :math:`k!` orders. Then
+sampling without replacement". Draw a set $S$ of $k$ distinct joint states by
+Gumbel-top-$k$ (the $k$ largest of $\log q(s) + G_s$); its probability
+$q(S)$ sums the Plackett-Luce probabilities of all $k!$ orders. Then
 
-.. math::
+$$
+\hat g = \sum_{s \in S} \nabla q(s)\, R(S, s)\, \big(f(s) - b_s\big), \qquad
+R(S, s) = \frac{q^{D\setminus s}(S \setminus s)}{q(S)},
+$$
 
-    \hat g = \sum_{s \in S} \nabla q(s)\, R(S, s)\, \big(f(s) - b_s\big), \qquad
-    R(S, s) = \frac{q^{D\setminus s}(S \setminus s)}{q(S)},
-
-where :math:`q^{D\setminus s}` samples from :math:`q` with :math:`s` removed. The *built-in
+where $q^{D\setminus s}$ samples from $q$ with $s$ removed. The *built-in
 baseline*
 
-.. math::
+$$
+b_s = \sum_{s' \in S} q(s')\, R^{D\setminus s}(S, s') f(s'), \qquad
+R^{D\setminus s}(S, s') = \frac{q^{D\setminus\{s, s'\}}(S\setminus\{s,s'\})}
+    {q^{D\setminus s}(S\setminus s)}, \quad R^{D\setminus s}(S, s) = 1,
+$$
 
-    b_s = \sum_{s' \in S} q(s')\, R^{D\setminus s}(S, s') f(s'), \qquad
-    R^{D\setminus s}(S, s') = \frac{q^{D\setminus\{s, s'\}}(S\setminus\{s,s'\})}
-        {q^{D\setminus s}(S\setminus s)}, \quad R^{D\setminus s}(S, s) = 1,
+is $q(s)f(s)$ plus the unordered set estimate of $\sum_{x\neq s} q(x) f(x)$ from
+the other $k-1$ samples, so its expectation is $\mathbb{E}_q[f]$ whatever $s$
+and the estimator stays unbiased (needs $k \geq 2$).
 
-is :math:`q(s)f(s)` plus the unordered set estimate of :math:`\sum_{x\neq s} q(x) f(x)` from
-the other :math:`k-1` samples, so its expectation is :math:`\mathbb{E}_q[f]` whatever :math:`s`
-and the estimator stays unbiased (needs :math:`k \geq 2`).
+Set probabilities come from the Gumbel construction: with $a = q(D \setminus S)$,
+$r_s = q(s)/a$ and $u = e^{-e^x}$,
 
-Set probabilities come from the Gumbel construction: with :math:`a = q(D \setminus S)`,
-:math:`r_s = q(s)/a` and :math:`u = e^{-e^x}`,
-
-.. math::
-
-    q(S) = \int_0^1 \prod_{s\in S}\big(1 - u^{r_s}\big)\,du
-         = \int_{-\infty}^{\infty} e^{x - e^x} \prod_{s \in S}\big(1 - e^{-r_s e^x}\big)\,dx,
+$$
+q(S) = \int_0^1 \prod_{s\in S}\big(1 - u^{r_s}\big)\,du
+     = \int_{-\infty}^{\infty} e^{x - e^x} \prod_{s \in S}\big(1 - e^{-r_s e^x}\big)\,dx,
+$$
 
 and every leave-one-out and leave-two-out probability is the same integral with factors
-removed (the ratios :math:`q(s')/a` do not change when :math:`q` is renormalised without
-:math:`s`). The integrand is smooth on the real line, so a trapezoid rule in log space over a
-range set by the largest :math:`r_s` is accurate to near machine precision (tested against the
+removed (the ratios $q(s')/a$ do not change when $q$ is renormalised without
+$s$). The integrand is smooth on the real line, so a trapezoid rule in log space over a
+range set by the largest $r_s$ is accurate to near machine precision (tested against the
 sum over orders). Torch has no sampler without replacement with set probabilities, so this is
 written here.
 """
@@ -54,13 +54,13 @@ from varinf.gradients.base import (
     score_term,
 )
 
-#: Half-width (in :math:`x`) beyond the largest factor's switch point where the integrand is cut.
+#: Half-width (in $x$) beyond the largest factor's switch point where the integrand is cut.
 _TAIL = 15.0
 
 
 def log_factors(log_r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log(1 - e^{-r e^x})` for ``log_r`` ``(..., k)`` and grid ``x`` ``(..., N)``:
-    ``(..., k, N)``, accurate when :math:`r e^x` is tiny or huge."""
+    r"""$\log(1 - e^{-r e^x})$ for ``log_r`` ``(..., k)`` and grid ``x`` ``(..., N)``:
+    ``(..., k, N)``, accurate when $r e^x$ is tiny or huge."""
     log_y = log_r.unsqueeze(-1) + x.unsqueeze(-2)
     y = log_y.exp()
     small = log_y < -20  # 1 - e^{-y} = y (1 - y/2 + ...)
@@ -75,15 +75,15 @@ def log_set_integrals(
     r"""Log probabilities of a set and its leave-one-out and leave-two-out subsets.
 
     Args:
-        log_q: :math:`\log q(s)` of the :math:`k` set members, ``(..., k)``.
-        log_rest: :math:`\log q(D\setminus S)`, ``(...)`` (``-inf`` when :math:`S = D`).
+        log_q: $\log q(s)$ of the $k$ set members, ``(..., k)``.
+        log_rest: $\log q(D\setminus S)$, ``(...)`` (``-inf`` when $S = D$).
         num_points: Trapezoid points.
 
     Returns:
         ``(log_all, log_one_out, log_two_out)`` of shapes ``(...)``, ``(..., k)`` and
-        ``(..., k, k)``: :math:`\log \int \prod_{s \in T}(\cdot)` for :math:`T = S`,
-        :math:`S\setminus s` and :math:`S \setminus\{s, s'\}` (diagonal: :math:`-\infty`, unused).
-        The first is :math:`\log q(S)`; ratios of them give every :math:`R`.
+        ``(..., k, k)``: $\log \int \prod_{s \in T}(\cdot)$ for $T = S$,
+        $S\setminus s$ and $S \setminus\{s, s'\}$ (diagonal: $-\infty$, unused).
+        The first is $\log q(S)$; ratios of them give every $R$.
     """
     log_q, log_rest = log_q.double(), log_rest.double()
     k = log_q.shape[-1]
@@ -123,12 +123,12 @@ class UnorderedSet(GradientEstimator):
     r"""The unordered set estimator, with the built-in baseline by default.
 
     Args:
-        baseline: Use the built-in baseline (then ``num_samples`` :math:`\geq 2`).
+        baseline: Use the built-in baseline (then ``num_samples`` $\geq 2$).
         num_points: Trapezoid points for the set-probability integrals.
 
-    The :math:`k` evaluations are distinct states, so with :math:`k` equal to the support size
+    The $k$ evaluations are distinct states, so with $k$ equal to the support size
     the estimator is exact. States are enumerated jointly over the factors (see
-    :meth:`~varinf.gradients.base.CategoricalView.joint_log_probs`); Kool et al. use stochastic
+    `joint_log_probs`); Kool et al. use stochastic
     beam search for large product spaces.
 
     Example:
@@ -164,7 +164,7 @@ class UnorderedSet(GradientEstimator):
         return Surrogate((weights * values.detach()).sum(-1), surrogate, k)
 
     def _weights(self, joint, states, log_q, values) -> tuple[torch.Tensor, torch.Tensor]:
-        r""":math:`q(s) R(S, s)` and the baselines :math:`b_s` (zero without baseline)."""
+        r"""$q(s) R(S, s)$ and the baselines $b_s$ (zero without baseline)."""
         log_rest = joint.scatter(-1, states, float("-inf")).logsumexp(-1)
         log_all, log_one_out, log_two_out = log_set_integrals(log_q, log_rest, self.num_points)
         log_q64 = log_q.double()

@@ -1,30 +1,31 @@
 r"""VIMCO: leave-one-out score-function gradients for multi-sample objectives.
 
-Mnih and Rezende (2016), "Variational inference for Monte Carlo objectives". For :math:`K`
-samples :math:`z_k \sim q_\theta` and log weights :math:`\ell_k = \log w(z_k)`, the objective is
-:math:`\hat L = \log \frac1K \sum_k e^{\ell_k}` (the IWAE bound when :math:`\ell_k = \log p(x,
-z_k) - \log q(z_k)`). Its gradient estimator is
+Mnih and Rezende (2016), "Variational inference for Monte Carlo objectives". For $K$
+samples $z_k \sim q_\theta$ and log weights $\ell_k = \log w(z_k)$, the objective is
+$\hat L = \log \frac1K \sum_k e^{\ell_k}$ (the IWAE bound when $\ell_k = \log p(x,
+z_k) - \log q(z_k)$). Its gradient estimator is
 
-.. math::
+$$
+\nabla \hat L = \sum_k \hat L_{\setminus k}\, \nabla\log q_\theta(z_k)
+    + \sum_k \tilde w_k \nabla \ell_k, \qquad
+\hat L_{\setminus k} = \hat L - \log \frac1K \Big(\sum_{j \neq k} e^{\ell_j}
+    + e^{\frac1{K-1}\sum_{j\ne k}\ell_j}\Big),
+$$
 
-    \nabla \hat L = \sum_k \hat L_{\setminus k}\, \nabla\log q_\theta(z_k)
-        + \sum_k \tilde w_k \nabla \ell_k, \qquad
-    \hat L_{\setminus k} = \hat L - \log \frac1K \Big(\sum_{j \neq k} e^{\ell_j}
-        + e^{\frac1{K-1}\sum_{j\ne k}\ell_j}\Big),
-
-with :math:`\tilde w_k` the normalised weights and :math:`\nabla\ell_k` taken at fixed
-:math:`z_k`: each sample's learning signal is how much it raises :math:`\hat L` compared with
+with $\tilde w_k$ the normalised weights and $\nabla\ell_k$ taken at fixed
+$z_k$: each sample's learning signal is how much it raises $\hat L$ compared with
 a stand-in, the geometric mean of the other weights. Unbiased for
-:math:`\nabla_\theta\,\mathbb{E}[\hat L]` for :math:`K \ge 2`.
+$\nabla_\theta\,\mathbb{E}[\hat L]$ for $K \ge 2$.
 
-:class:`VIMCOEstimator` is the functional form (``f`` returns the log weights) and
-:class:`VIMCO` the Pyro loss for guides with discrete sites.
+`VIMCOEstimator` is the functional form (``f`` returns the log weights) and
+`VIMCO` the Pyro loss for guides with discrete sites.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -46,10 +47,10 @@ def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 def vimco_signal(log_w: torch.Tensor) -> torch.Tensor:
-    r"""Per-sample learning signals :math:`\hat L - \hat L_{\setminus k}` along dim 0 (detached).
+    r"""Per-sample learning signals $\hat L - \hat L_{\setminus k}$ along dim 0 (detached).
 
     Args:
-        log_w: Log weights, shape ``(K, ...)`` with :math:`K \geq 2`.
+        log_w: Log weights, shape ``(K, ...)`` with $K \geq 2$.
     """
     log_w = log_w.detach()
     num = log_w.shape[0]
@@ -63,14 +64,14 @@ def vimco_signal(log_w: torch.Tensor) -> torch.Tensor:
 
 
 def vimco_surrogate(log_w: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    r""":math:`\hat L` plus zero-valued score terms; gradient = VIMCO. Shapes ``(K, ...)``,
+    r"""$\hat L$ plus zero-valued score terms; gradient = VIMCO. Shapes ``(K, ...)``,
     result ``(...)``."""
     return log_mean_exp(log_w) + score_term(vimco_signal(log_w), log_q).sum(0)
 
 
 class VIMCOEstimator(GradientEstimator):
-    r"""VIMCO for :math:`\nabla\,\mathbb{E}[\log\frac1k\sum_i e^{f(z_i)}]` (``f`` returns log
-    weights). Note the target: not :math:`\nabla\,\mathbb{E}[f]` as for the other estimators.
+    r"""VIMCO for $\nabla\,\mathbb{E}[\log\frac1k\sum_i e^{f(z_i)}]$ (``f`` returns log
+    weights). Note the target: not $\nabla\,\mathbb{E}[f]$ as for the other estimators.
 
     Example:
         >>> import torch
@@ -96,13 +97,14 @@ class VIMCOEstimator(GradientEstimator):
 class VIMCO(ParticleObjective):
     r"""The IWAE bound trained with VIMCO gradients for discrete guide sites (Pyro loss).
 
-    Value :math:`\sum_i \log\frac1K\sum_k w_{ki}` (per datum :math:`i` when the model has a
-    datum plate, see :mod:`varinf.weights`); the score terms use only the guide's
+    Value $\sum_i \log\frac1K\sum_k w_{ki}$ (per datum $i$ when the model has a
+    datum plate, see `varinf.weights`); the score terms use only the guide's
     non-reparameterised sites, and reparameterised sites get the usual IWAE pathwise gradient.
 
     Args:
-        num_particles: :math:`K \geq 2`.
-        max_plate_nesting, seed: See :class:`~varinf.estimators.objective.ParticleObjective`.
+        num_particles: $K \geq 2$.
+        **options: ``max_plate_nesting`` and ``seed``, see
+            `ParticleObjective`.
 
     Use with ``SVI(model, guide, optim, loss=VIMCO(num_particles=K))``.
     """
@@ -110,7 +112,7 @@ class VIMCO(ParticleObjective):
     name = "vimco"
     kind = "lower-bound"
 
-    def __init__(self, num_particles: int = 5, **options) -> None:
+    def __init__(self, num_particles: int = 5, **options: Any) -> None:
         super().__init__(num_particles, **options)
         if num_particles < 2:
             raise ValueError(f"num_particles must be at least 2 for VIMCO, got {num_particles}")
