@@ -12,7 +12,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,8 +143,10 @@ def compare(
         truth: Known log evidence, for bias and RMSE.
         seed: Repeat ``r`` of estimator ``i`` uses seed ``seed + i * 1000003 + r``, so results
             do not depend on the executor or the order of completion.
-        executor: Any :class:`concurrent.futures.Executor` (a process pool, Dask, Ray) to run
-            the repeats in parallel; in the calling process when ``None``.
+        executor: A :class:`concurrent.futures.Executor` running processes (a process pool,
+            Dask, Ray) for the repeats; model, guide and estimators must then be picklable
+            (module-level functions or bound methods, not closures). Thread pools are refused:
+            Pyro's effect handlers are global to a process. ``None`` runs in this process.
         progress: Show a progress bar.
 
     Returns:
@@ -152,6 +154,11 @@ def compare(
         and ``interrupted`` is set.
     """
     _check_compare_args(estimators, repeats, truth)
+    if isinstance(executor, ThreadPoolExecutor):
+        raise ValueError(
+            "executor: Pyro's effect handlers are global to the process, so repeats cannot run "
+            "in threads; use a ProcessPoolExecutor (or Dask/Ray processes)"
+        )
     labels = _labels(estimators)
     comparison = Comparison({label: [] for label in labels}, truth=truth)
     jobs = [

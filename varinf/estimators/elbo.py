@@ -136,7 +136,7 @@ class IWAE(ParticleObjective):
             args,
             kwargs,
             num_particles=self.num_particles,
-            max_plate_nesting=self.max_plate_nesting,
+            max_plate_nesting=self.plate_nesting(model, guide, args, kwargs),
             stop_guide_params=self.gradient == "dreg" and torch.is_grad_enabled(),
         )
 

@@ -40,5 +40,5 @@ class NaiveMonteCarlo(IWAE):
             args,
             kwargs,
             num_particles=self.num_particles,
-            max_plate_nesting=self.max_plate_nesting,
+            max_plate_nesting=self.plate_nesting(model, guide, args, kwargs),
         )

@@ -17,7 +17,12 @@ import torch
 from pyro.infer import ELBO as PyroELBO
 
 from varinf.estimate import Estimate, Estimator, make_estimate
-from varinf.weights import LogWeights, check_num_particles, trace_log_weights
+from varinf.weights import (
+    LogWeights,
+    check_num_particles,
+    guess_max_plate_nesting,
+    trace_log_weights,
+)
 
 
 @dataclass
@@ -76,8 +81,21 @@ class ParticleObjective(Estimator, PyroELBO):
             args,
             kwargs,
             num_particles=self.num_samples(),
-            max_plate_nesting=self.max_plate_nesting,
+            max_plate_nesting=self.plate_nesting(model, guide, args, kwargs),
         )
+
+    def plate_nesting(
+        self, model: Callable, guide: Callable | None, args: tuple, kwargs: dict
+    ) -> int:
+        """``max_plate_nesting`` as given, else guessed once per (model, guide) pair, as Pyro's
+        ELBO does (assumes static plate structure)."""
+        if self.max_plate_nesting is not None:
+            return self.max_plate_nesting
+        key = (model, guide)
+        cache = self.__dict__.setdefault("_nesting_cache", {})
+        if key not in cache:
+            cache[key] = guess_max_plate_nesting(model, guide, args, kwargs)
+        return cache[key]
 
     def _estimate(self, model, guide, args, kwargs) -> Estimate:
         weights = self.log_weights(model, guide, args, kwargs)

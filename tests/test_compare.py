@@ -1,0 +1,118 @@
+"""compare() and gradient_variance(): numbers, exports, interruption, plots."""
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from models.conjugate import ConjugateGaussian
+from tests.estimators.problems import perturbed_conjugate
+from varinf import ELBO, IWAE, SUMO, Estimate, compare, gradient_variance
+
+
+def test_table_statistics_match_the_estimates():
+    problem, guide = perturbed_conjugate()
+    truth = problem.log_evidence
+    result = compare(
+        [ELBO(5), IWAE(5), IWAE(50)], problem.model, guide, repeats=30, truth=truth, progress=False
+    )
+    table = result.table
+    assert list(table.index) == ["elbo", "iwae(K=5)", "iwae(K=50)"]
+    values = np.array([e.value for e in result.estimates["iwae(K=5)"]])
+    row = table.loc["iwae(K=5)"]
+    assert row["mean"] == pytest.approx(values.mean())
+    assert row["std"] == pytest.approx(values.std(ddof=1))
+    assert row["bias"] == pytest.approx(values.mean() - truth)
+    assert row["rmse"] == pytest.approx(math.sqrt(((values - truth) ** 2).mean()))
+    assert row["work_variance"] == pytest.approx(values.var(ddof=1) * 5)
+    assert row["cost"] == 5
+    # bounds: the larger K is tighter, and both are below the truth on average
+    assert table.loc["elbo", "mean"] < table.loc["iwae(K=5)", "mean"] < truth
+    assert table.loc["iwae(K=50)", "rmse"] < table.loc["iwae(K=5)", "rmse"]
+
+
+def test_repeats_are_reproducible_and_independent():
+    problem, guide = perturbed_conjugate()
+    first = compare([IWAE(5)], problem.model, guide, repeats=5, seed=7, progress=False)
+    second = compare([IWAE(5)], problem.model, guide, repeats=5, seed=7, progress=False)
+    a = [e.value for e in first.estimates["iwae"]]
+    assert a == [e.value for e in second.estimates["iwae"]]
+    assert len(set(a)) == 5
+
+
+def test_exports_and_plot(tmp_path):
+    problem, guide = perturbed_conjugate()
+    result = compare(
+        [ELBO(3), SUMO()], problem.model, guide, repeats=10, truth=-28.1, progress=False
+    )
+    dataset = result.to_xarray()
+    assert dataset["value"].shape == (2, 10)
+    assert dataset.attrs["truth"] == -28.1
+    assert np.allclose(
+        dataset["value"].sel(estimator="elbo"), [e.value for e in result.estimates["elbo"]]
+    )
+    idata = result.to_arviz()
+    assert idata.posterior["sumo"].shape == (1, 10)
+    path = tmp_path / "comparison.png"
+    result.plot(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interruption_keeps_finished_repeats():
+    problem, guide = perturbed_conjugate()
+
+    class Interrupting(IWAE):
+        calls = 0
+
+        def _estimate(self, *args):
+            Interrupting.calls += 1
+            if Interrupting.calls == 4:
+                raise KeyboardInterrupt
+            return super()._estimate(*args)
+
+    result = compare([Interrupting(3)], problem.model, guide, repeats=10, progress=False)
+    assert result.interrupted
+    assert len(result.estimates["iwae"]) == 3
+    assert all(isinstance(e, Estimate) for e in result.estimates["iwae"])
+    assert "interrupted" in repr(result)
+
+
+def test_compare_with_a_process_pool_matches_serial():
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    problem = ConjugateGaussian.example()
+    serial = compare([IWAE(4)], problem.model, problem.exact_guide, repeats=4, progress=False)
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        pooled = compare(
+            [IWAE(4)], problem.model, problem.exact_guide, repeats=4, executor=pool, progress=False
+        )
+    assert [e.value for e in serial.estimates["iwae"]] == [
+        e.value for e in pooled.estimates["iwae"]
+    ]
+    with ThreadPoolExecutor() as pool, pytest.raises(ValueError, match="thread"):
+        compare([IWAE(4)], problem.model, problem.exact_guide, executor=pool)
+
+
+def test_gradient_variance_against_a_closed_form():
+    """ELBO(K) reparameterised gradient of the guide loc for x ~ N(mu, 1), mu ~ N(0, 1) with
+    guide N(m, s): per particle d/dm [log p - log q] = -(n + 1) (m + s eps) + sum x, variance
+    (n + 1)^2 s^2; averaging K particles divides by K."""
+    problem = ConjugateGaussian.example(num_data=4, dim=1)
+    problem.guide()
+    result = gradient_variance(
+        [ELBO(1), ELBO(4)], problem.model, problem.guide, repeats=1000, progress=False
+    )
+    n = 4
+    expected = (n + 1) ** 2 * 1.0**2
+    per_parameter = result.per_parameter
+    for k, label in [(1, "elbo(K=1)"), (4, "elbo(K=4)")]:
+        got = per_parameter.loc[label, "mean_loc"]
+        # the sample variance of a Gaussian has relative sd sqrt(2 / (R - 1))
+        assert got == pytest.approx(expected / k, rel=4 * math.sqrt(2 / 999))
+    table = result.table
+    assert table.loc["elbo(K=4)", "cost"] == 4
+    assert table.loc["elbo(K=4)", "snr"] > table.loc["elbo(K=1)", "snr"]
+    # parameters are left as they were
+    assert torch.equal(pyro.param("mean_loc").detach(), torch.zeros(1, dtype=torch.float64))
