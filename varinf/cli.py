@@ -197,6 +197,7 @@ def load_callable(spec: str, what: str):
         raise UsageError(f"{what}: no such file {path}")
     module_spec = importlib.util.spec_from_file_location(f"_varinf_user_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses and pickling look modules up here
     try:
         module_spec.loader.exec_module(module)
     except Exception as error:  # the user's file: report, don't crash with our traceback
