@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -125,32 +126,34 @@ def compare(
     estimators: Sequence[Estimator],
     model: Callable,
     guide: Callable | None = None,
-    *args,
+    *args: Any,
     repeats: int = 100,
     truth: float | None = None,
     seed: int = 0,
     executor: Executor | None = None,
     progress: bool = True,
-    **kwargs,
+    **kwargs: Any,
 ) -> Comparison:
     """Run every estimator ``repeats`` times with independent seeds.
 
     Args:
         estimators: Estimator objects; labels are their ``name`` (made unique with the
             particle count, or an index, when two share a name).
-        model, guide, args, kwargs: As for :meth:`Estimator.estimate`.
+        model: A Pyro model, as for `Estimator.estimate`.
+        guide: Its guide (``None`` for estimators that need none).
+        *args: Passed to model and guide.
         repeats: Independent repeats per estimator.
         truth: Known log evidence, for bias and RMSE.
         seed: Repeat ``r`` of estimator ``i`` uses seed ``seed + i * 1000003 + r``, so results
             do not depend on the executor or the order of completion.
-        executor: A :class:`concurrent.futures.Executor` running processes (a process pool,
+        executor: A `concurrent.futures.Executor` running processes (a process pool,
             Dask, Ray) for the repeats; model, guide and estimators must then be picklable
             (module-level functions or bound methods, not closures). Thread pools are refused:
             Pyro's effect handlers are global to a process. ``None`` runs in this process.
         progress: Show a progress bar.
 
     Returns:
-        A :class:`Comparison`. On ``KeyboardInterrupt`` the repeats already finished are kept
+        A `Comparison`. On ``KeyboardInterrupt`` the repeats already finished are kept
         and ``interrupted`` is set.
     """
     _check_compare_args(estimators, repeats, truth)

@@ -1,6 +1,6 @@
 r"""Importance-sampling diagnostics shared by the estimators.
 
-Effective sample size (Kong 1992) and the Pareto :math:`\hat k` of Pareto-smoothed importance
+Effective sample size (Kong 1992) and the Pareto $\hat k$ of Pareto-smoothed importance
 sampling (Vehtari et al. 2024, "Pareto smoothed importance sampling", JMLR), the latter from
 ArviZ.
 """

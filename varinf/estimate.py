@@ -1,7 +1,7 @@
 r"""The result type every estimator returns, and the estimator base class.
 
-Every estimator answers one question, "what is :math:`\log p(x)` (or the training objective)
-for this model?", through :meth:`Estimator.estimate`, and every answer is an :class:`Estimate`:
+Every estimator answers one question, "what is $\log p(x)$ (or the training objective)
+for this model?", through `Estimator.estimate`, and every answer is an `Estimate`:
 the value, its Monte Carlo standard error, the cost in model evaluations and wall time, the
 per-sample log weights where the method has them, and diagnostics.
 """
@@ -34,7 +34,7 @@ class Estimate:
         num_evaluations: Model log-density evaluations spent (the unit of cost).
         elapsed: Wall-clock seconds.
         log_weights: Per-sample log weights where the method has them, else ``None``.
-        diagnostics: Effective sample size, PSIS :math:`\hat k`, ... as the method allows.
+        diagnostics: Effective sample size, PSIS $\hat k$, ... as the method allows.
 
     Example:
         >>> Estimate(value=-1.8281, stderr=0.0009, kind="lower-bound", estimator="iwae",
@@ -73,13 +73,13 @@ def _digits_for(stderr: float) -> int:
 class Estimator:
     """Base class: ``estimate(model, guide, *args, **kwargs) -> Estimate``.
 
-    Subclasses set ``name`` and ``kind`` and implement :meth:`_estimate`, which returns the
-    value, its standard error and anything else :class:`Estimate` carries; the base class
+    Subclasses set ``name`` and ``kind`` and implement `_estimate`, which returns the
+    value, its standard error and anything else `Estimate` carries; the base class
     handles seeding, timing and the checks every estimator shares (a guide where one is
     needed, finite results).
 
     Args:
-        seed: If given, every call to :meth:`estimate` starts from this seed, so the same
+        seed: If given, every call to `estimate` starts from this seed, so the same
             seed gives the same number; the global random state is left untouched.
     """
 
@@ -96,7 +96,7 @@ class Estimator:
         """Estimate the log marginal likelihood of ``model`` given the data in ``args``/``kwargs``.
 
         ``model`` and ``guide`` are Pyro callables; ``*args, **kwargs`` go to both, as in
-        :class:`pyro.infer.SVI`.
+        `pyro.infer.SVI`.
         """
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
@@ -132,8 +132,8 @@ class Estimator:
 def make_estimate(
     value: torch.Tensor | float, stderr: torch.Tensor | float, **fields: Any
 ) -> Estimate:
-    """Build an :class:`Estimate` inside ``_estimate``; ``kind``, ``estimator`` and ``elapsed``
-    are filled in by :meth:`Estimator.estimate`."""
+    """Build an `Estimate` inside ``_estimate``; ``kind``, ``estimator`` and ``elapsed``
+    are filled in by `Estimator.estimate`."""
     fields.setdefault("kind", "objective")
     fields.setdefault("estimator", "")
     fields.setdefault("elapsed", 0.0)

@@ -1,4 +1,4 @@
-"""The figure behind :meth:`varinf.compare.Comparison.plot`."""
+"""The figure behind `varinf.compare.Comparison.plot`."""
 
 from __future__ import annotations
 

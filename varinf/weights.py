@@ -1,11 +1,9 @@
 r"""From (model, guide, args) to per-particle log weights: the one module that traces Pyro.
 
-For :math:`K` particles :math:`z_k \sim q(z \mid x)` drawn in one vectorised guide run, the model
+For $K$ particles $z_k \sim q(z \mid x)$ drawn in one vectorised guide run, the model
 is replayed against the guide and every site's log density is summed into
 
-.. math::
-
-    \log w_k = \log p(x, z_k) - \log q(z_k \mid x), \qquad k = 1, \dots, K.
+$$\log w_k = \log p(x, z_k) - \log q(z_k \mid x), \qquad k = 1, \dots, K.$$
 
 When every sample site of the model and guide lies inside one plate (the *datum plate*, e.g.
 ``pyro.plate("data", N)`` around a VAE's local latents and observations), the weights factorise
@@ -36,8 +34,8 @@ class LogWeights:
     """Per-particle log densities from one vectorised (guide, model) run.
 
     Attributes:
-        log_p: :math:`\\log p(x, z_k)`, shape ``(K, *datum_shape)``.
-        log_q: :math:`\\log q(z_k \\mid x)`, same shape.
+        log_p: $\\log p(x, z_k)$, shape ``(K, *datum_shape)``.
+        log_q: $\\log q(z_k \\mid x)$, same shape.
         log_q_score: The part of ``log_q`` from non-reparameterised sites, same shape.
         model_trace, guide_trace: The Pyro traces (particle dimension included).
         datum_plate: Name of the plate the weights are split over, or ``None``.
@@ -56,7 +54,7 @@ class LogWeights:
 
     @property
     def log_weights(self) -> torch.Tensor:
-        """:math:`\\log w_k = \\log p(x, z_k) - \\log q(z_k \\mid x)`."""
+        """$\\log w_k = \\log p(x, z_k) - \\log q(z_k \\mid x)$."""
         return self.log_p - self.log_q
 
     @property
@@ -112,8 +110,11 @@ def trace_log_weights(
     vectorised run and return their log weights under ``model``.
 
     Args:
-        model, guide: Pyro callables; ``args``/``kwargs`` go to both.
-        num_particles: :math:`K \\geq 1`.
+        model: A Pyro model.
+        guide: Its guide, or ``None`` to sample the model's prior.
+        args: Positional arguments for model and guide.
+        kwargs: Keyword arguments for model and guide.
+        num_particles: $K \\geq 1$.
         max_plate_nesting: Deepest plate dimension used by model and guide; guessed by one
             unvectorised run when ``None``.
         per_datum: Split the weights over the datum plate when the model allows it.

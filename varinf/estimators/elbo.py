@@ -1,7 +1,7 @@
 r"""The evidence lower bound and the importance-weighted bound.
 
 With $K$ particles $z_k \sim q(z \mid x)$ and log weights $\log w_k = \log p(x, z_k) - \log q(z_k
-\mid x)$ (per datum when the model has a datum plate, see :mod:`varinf.weights`):
+\mid x)$ (per datum when the model has a datum plate, see `varinf.weights`):
 
 $$\mathrm{ELBO}_K = \frac1K \sum_k \log w_k, \qquad
 \mathrm{IWAE}_K = \log \frac1K \sum_k w_k,$$
@@ -15,6 +15,7 @@ consistent as $K \to \infty$.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ def score_surrogate(value: torch.Tensor, log_q_score: torch.Tensor) -> torch.Ten
 class ELBO(ParticleObjective):
     r"""Evidence lower bound $\frac1K \sum_k \log w_k$ with $K$ vectorised particles.
 
-    Prefer :class:`IWAE` for a tighter bound or an evidence estimate; ELBO's gradients have the
+    Prefer `IWAE` for a tighter bound or an evidence estimate; ELBO's gradients have the
     lowest variance for training the guide.
 
     Example:
@@ -103,7 +104,7 @@ class IWAE(ParticleObjective):
             z_k \cdot \partial z_k / \partial \phi$ with $\tilde w$ the normalised weights and
             the guide density's parameters held fixed; needs a fully reparameterised guide and
             is applied by ``loss_and_grads`` (``SVI``).
-        max_plate_nesting, seed: See :class:`~varinf.estimators.objective.ParticleObjective`.
+        **options: ``max_plate_nesting`` and ``seed``, see `ParticleObjective`.
 
     Diagnostics: ``ess``, ``ess_fraction`` and PSIS ``khat`` of the weights.
     """
@@ -111,7 +112,9 @@ class IWAE(ParticleObjective):
     name = "iwae"
     kind = "lower-bound"
 
-    def __init__(self, num_particles: int = 10, *, gradient: str = "reparam", **options) -> None:
+    def __init__(
+        self, num_particles: int = 10, *, gradient: str = "reparam", **options: Any
+    ) -> None:
         if gradient not in ("reparam", "dreg"):
             raise ValueError(f"gradient must be 'reparam' or 'dreg', got {gradient!r}")
         super().__init__(num_particles, **options)

@@ -9,6 +9,8 @@ dubious ways", Oaks et al. 2019, Syst. Biol.). Needs no guide.
 
 from __future__ import annotations
 
+from typing import Any
+
 from varinf.estimators.elbo import IWAE
 from varinf.weights import trace_log_weights
 
@@ -18,7 +20,7 @@ class NaiveMonteCarlo(IWAE):
 
     Args:
         num_particles: Prior samples $K$.
-        max_plate_nesting, seed: See :class:`~varinf.estimators.objective.ParticleObjective`.
+        **options: ``max_plate_nesting`` and ``seed``, see `ParticleObjective`.
 
     Raises:
         ValueError: when a guide is passed (it would be ignored silently otherwise).
@@ -28,7 +30,7 @@ class NaiveMonteCarlo(IWAE):
     kind = "lower-bound"
     requires_guide = False
 
-    def __init__(self, num_particles: int = 1000, **options) -> None:
+    def __init__(self, num_particles: int = 1000, **options: Any) -> None:
         super().__init__(num_particles, **options)
 
     def log_weights(self, model, guide, args, kwargs):

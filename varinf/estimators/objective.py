@@ -1,10 +1,10 @@
 r"""The shared base of estimators that are also Pyro losses (ELBO, IWAE, SUMO, ...).
 
-A subclass supplies one function of the log weights, :meth:`ParticleObjective.objective`,
-returning the value :math:`\mathcal{L}` (maximised) and a surrogate whose gradient is the
-estimator's gradient; loss is :math:`-\mathcal{L}`. Subclasses whose guide parameters follow a
+A subclass supplies one function of the log weights, `ParticleObjective.objective`,
+returning the value $\mathcal{L}$ (maximised) and a surrogate whose gradient is the
+estimator's gradient; loss is $-\mathcal{L}$. Subclasses whose guide parameters follow a
 different objective than the model's (DReG, SUMO's variance-minimising encoder) also return a
-``guide_surrogate``; :meth:`loss_and_grads` then sends each gradient to its own parameters.
+``guide_surrogate``; `loss_and_grads` then sends each gradient to its own parameters.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from varinf.weights import (
 
 @dataclass
 class Objective:
-    """What :meth:`ParticleObjective.objective` returns.
+    """What `ParticleObjective.objective` returns.
 
     Attributes:
         value: The objective (a log-evidence estimate or bound), a scalar tensor.
@@ -45,10 +45,10 @@ class ParticleObjective(Estimator, PyroELBO):
     """An estimator computed from the log weights of vectorised particles, usable in ``SVI``.
 
     Args:
-        num_particles: Particles per estimate, :math:`K \\geq 1`.
+        num_particles: Particles per estimate, $K \\geq 1$.
         max_plate_nesting: Deepest plate dimension of model and guide; guessed by one
             unvectorised run when ``None`` (and re-guessed for every new model).
-        seed: Seed for :meth:`estimate` (see :class:`varinf.Estimator`).
+        seed: Seed for `estimate` (see `varinf.Estimator`).
     """
 
     def __init__(
@@ -115,21 +115,21 @@ class ParticleObjective(Estimator, PyroELBO):
     def differentiable_loss(
         self, model: Callable, guide: Callable, *args, **kwargs
     ) -> torch.Tensor:
-        """:math:`-\\mathcal{L}` with the estimator's gradient w.r.t. model and guide parameters.
+        """$-\\mathcal{L}$ with the estimator's gradient w.r.t. model and guide parameters.
 
         For objectives with a separate guide surrogate (DReG, variance-minimising encoder),
-        this is the plain surrogate; :meth:`loss_and_grads` applies the split gradients.
+        this is the plain surrogate; `loss_and_grads` applies the split gradients.
         """
         result = self.objective(self.log_weights(model, guide, args, kwargs))
         return _with_value(-result.surrogate, -result.value)
 
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        """:math:`-\\mathcal{L}` as a float (no gradients)."""
+        """$-\\mathcal{L}$ as a float (no gradients)."""
         with torch.no_grad():
             return -self.objective(self.log_weights(model, guide, args, kwargs)).value.item()
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        """Compute :math:`-\\mathcal{L}` and accumulate its gradient estimator into ``.grad``."""
+        """Compute $-\\mathcal{L}$ and accumulate its gradient estimator into ``.grad``."""
         with poutine.trace(param_only=True) as capture:
             weights = self.log_weights(model, guide, args, kwargs)
         result = self.objective(weights)
