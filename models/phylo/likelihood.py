@@ -53,13 +53,12 @@ class _Schedule:
 
     def __init__(self, children: Tensor, n_batch: int) -> None:
         self.shared = children.dim() == 2
+        if self.shared:  # one topology: plain slices, no index tensors
+            self.rows = children.tolist()
+            return
         m = children.shape[-2]
         ar = torch.arange(n_batch, device=children.device)
-        if self.shared:
-            self.rows = children.tolist()
-            children = children.expand(n_batch, m, 2)
-        else:
-            self.idx = (children * n_batch + ar[:, None, None]).permute(1, 2, 0).contiguous()
+        self.idx = (children * n_batch + ar[:, None, None]).permute(1, 2, 0).contiguous()
         # position (2 * row + side) of every node in its parent's row, per tree
         slots = torch.arange(2 * m, device=children.device).expand(n_batch, 2 * m)
         pos = torch.zeros(n_batch, 2 * m + 1, dtype=torch.long, device=children.device)
@@ -76,7 +75,8 @@ class _Schedule:
 def _forward(trans_n, tips, children_rows, sched, freqs, cat_w, weights, every, low):
     n = tips.shape[0]
     msg = trans_n.new_empty(2 * n - 2, *trans_n.shape[1:3], 4, tips.shape[-1])
-    torch.matmul(trans_n[:n], tips[:, None, None], out=msg[:n])
+    # leaves: one (N*C*4, 4) @ (4, P) product per leaf, batched over the leaves
+    torch.bmm(trans_n[:n].flatten(1, 3), tips, out=msg[:n].view(n, -1, tips.shape[-1]))
     scales = []
     for j in range(n - 1):
         part = low[j] if low.shape[0] > 1 else low[0]
@@ -120,40 +120,67 @@ class _Pruning(torch.autograd.Function):
         trans_n, freqs, cat_w, tips, weights, msg, low, lik = ctx.saved_tensors
         sched = ctx.sched
         n = tips.shape[0]
-        n_batch = cat_w.shape[0]
         coef = grad[:, None] * weights  # d out / d log L_p
         root = low[n - 2]
         root_coef = (coef / lik)[:, None, None, :]
         grad_freqs = (root * root_coef * cat_w[:, :, None, None]).sum((1, 3))
         grad_cat = (root * root_coef * freqs[:, None, :, None]).sum((2, 3))
-        # outside partials of each row's two children, and dlogL_p/dL_p per row
-        upper = low.new_empty(n - 1, 2, *low.shape[1:])
-        factor = coef.new_empty(n - 1, *coef.shape)
-        g = cat_w[:, :, None, None] * freqs[:, None, :, None]
-        flat_upper = upper.flatten(0, 2)
-        for j in range(n - 2, -1, -1):
-            if j < n - 2:
-                u_v = flat_upper.index_select(0, sched.slot[n + j])
-                g = trans_n[n + j].transpose(-1, -2) @ u_v
-                _rescale_(g)
-            m0, m1 = sched.take(msg, j, 0), sched.take(msg, j, 1)
-            torch.mul(g, m1, out=upper[j, 0])
-            torch.mul(g, m0, out=upper[j, 1])
-            factor[j] = coef / (upper[j, 0] * m0).sum((1, 2))
-        # every edge at once: d out / d P_k = sum_p f_p U_k L_k^T
-        edges = 2 * n - 3
-        u = flat_upper.index_select(0, sched.slot[:edges].flatten()).unflatten(0, (edges, -1))
-        u = (
-            u
-            * factor.flatten(0, 1)
-            .index_select(0, sched.row[:edges].flatten())
-            .unflatten(0, (edges, -1))[:, :, None, None, :]
-        )
-        grad_leaf = u[:n] @ tips[:, None, None].transpose(-1, -2)
-        grad_inner = u[n:] @ low[: n - 3].transpose(-1, -2)
-        grad_trans = torch.cat([grad_leaf, grad_inner]).transpose(0, 1)
-        del n_batch
+        g_root = cat_w[:, :, None, None] * freqs[:, None, :, None]
+        if sched.shared:
+            grad_trans = _backward_shared(sched.rows, trans_n, tips, msg, low, coef, g_root)
+        else:
+            grad_trans = _backward_batched(sched, trans_n, tips, msg, low, coef, g_root)
         return grad_trans, grad_freqs, grad_cat, None, None, None, None
+
+
+def _backward_shared(rows, trans_n, tips, msg, low, coef, g):
+    """Pre-order pass for one topology: every slice is a view, gradients written per edge."""
+    n = tips.shape[0]
+    grad_n = torch.empty_like(trans_n)
+    outer = torch.empty_like(low)  # G of internal node n + j at outer[j]
+    for j in range(n - 2, -1, -1):
+        if j < n - 2:
+            g = outer[j]
+        c = rows[j]
+        m = (msg[c[0]], msg[c[1]])
+        f = (coef / (g * m[0] * m[1]).sum((1, 2)))[:, None, None, :]
+        for side in (0, 1):
+            u = g * m[1 - side]
+            if c[side] >= n:
+                torch.matmul(trans_n[c[side]].transpose(-1, -2), u, out=outer[c[side] - n])
+                _rescale_(outer[c[side] - n])
+                torch.matmul(u.mul_(f), low[c[side] - n].transpose(-1, -2), out=grad_n[c[side]])
+            else:
+                leaf = u.mul_(f).view(-1, u.shape[-1]) @ tips[c[side]].transpose(-1, -2)
+                grad_n[c[side]] = leaf.view(grad_n.shape[1:])
+    return grad_n[: 2 * n - 3].transpose(0, 1)
+
+
+def _backward_batched(sched, trans_n, tips, msg, low, coef, g):
+    """Pre-order pass for a different topology per batch element (gathers by index)."""
+    n = tips.shape[0]
+    # outside partials of each row's two children, and dlogL_p/dL_p per row
+    upper = low.new_empty(n - 1, 2, *low.shape[1:])
+    factor = coef.new_empty(n - 1, *coef.shape)
+    flat_upper = upper.flatten(0, 2)
+    for j in range(n - 2, -1, -1):
+        if j < n - 2:
+            u_v = flat_upper.index_select(0, sched.slot[n + j])
+            g = trans_n[n + j].transpose(-1, -2) @ u_v
+            _rescale_(g)
+        m0, m1 = sched.take(msg, j, 0), sched.take(msg, j, 1)
+        torch.mul(g, m1, out=upper[j, 0])
+        torch.mul(g, m0, out=upper[j, 1])
+        factor[j] = coef / (upper[j, 0] * m0).sum((1, 2))
+    # every edge at once: d out / d P_k = sum_p f_p U_k L_k^T
+    edges = 2 * n - 3
+    u = flat_upper.index_select(0, sched.slot[:edges].flatten()).unflatten(0, (edges, -1))
+    f = factor.flatten(0, 1).index_select(0, sched.row[:edges].flatten())
+    u.mul_(f.unflatten(0, (edges, -1))[:, :, None, None, :])
+    grad_leaf = torch.bmm(u[:n].flatten(1, 3), tips.transpose(-1, -2))
+    grad_leaf = grad_leaf.view(n, *u.shape[1:3], 4, 4)
+    grad_inner = u[n:] @ low[: n - 3].transpose(-1, -2)
+    return torch.cat([grad_leaf, grad_inner]).transpose(0, 1)
 
 
 def pruning_log_likelihood(
