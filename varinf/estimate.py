@@ -39,7 +39,7 @@ class Estimate:
     Example:
         >>> Estimate(value=-1.8281, stderr=0.0009, kind="lower-bound", estimator="iwae",
         ...          num_evaluations=1000, elapsed=0.02)
-        Estimate(iwae: -1.8281 ± 0.0009, lower-bound, 1000 evals, 0.02 s)
+        Estimate(iwae: -1.82810 ± 0.00090, lower-bound, 1000 evals, 0.02 s)
     """
 
     value: float
