@@ -134,7 +134,10 @@ class StickBreakingBirkhoffTransform(Transform):
 
     def log_abs_det_jacobian(self, beta: Tensor, x: Tensor) -> Tensor:
         lower, upper = _bounds(x[..., :-1, :-1])
-        return (upper - lower).log().sum((-1, -2))
+        # sticks collapse (u = l up to rounding) when a saturated sigmoid gives beta = 1 - eps;
+        # clamping keeps the log density finite there instead of -inf with nan gradients
+        width = (upper - lower).clamp_min(torch.finfo(x.dtype).tiny)
+        return width.log().sum((-1, -2))
 
 
 class RoundingTransform(Transform):
