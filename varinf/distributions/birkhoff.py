@@ -25,8 +25,10 @@ entropy term can be optimised over permutations:
   $X = \tau \Psi + (1 - \tau)\,\mathrm{round}(\Psi)$ with $\mathrm{round}$ the nearest
   permutation (Hungarian algorithm).  The map is piecewise affine and injective:
   $\mathrm{round}(X) = \mathrm{round}(\Psi)$, so
-  $\Psi = (X - (1-\tau)\,\mathrm{round}(X)) / \tau$ and $\log|\det J| = N^2 \log \tau$.
-  This is `RoundingBirkhoff`; its samples lie near, not on, the polytope.
+  $\Psi = (X - (1-\tau)\,\mathrm{round}(X)) / \tau$ and $\log|\det J| = N^2 \log \tau$
+  on the image of the map (the cells shrunk by $\tau$ towards their permutations; the density
+  is zero in the gaps between them).  This is `RoundingBirkhoff`; its samples lie near, not
+  on, the polytope.
 
 Densities are with respect to Lebesgue measure on the upper-left $(N-1)\times(N-1)$ block
 (stick-breaking) and on all $N^2$ entries (rounding).
