@@ -73,8 +73,12 @@ class LogWeights:
 def guess_max_plate_nesting(
     model: Callable, guide: Callable | None, args: tuple, kwargs: dict
 ) -> int:
-    """Run guide and model once (unvectorised) and return the deepest plate dimension used."""
-    with poutine.block():
+    """Run guide and model once (unvectorised) and return the deepest plate dimension used.
+
+    The run uses its own random stream, so guessing (or not) never changes later samples.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs) if guide else None
         model_fn = poutine.replay(model, trace=guide_trace) if guide else model
         model_trace = poutine.trace(model_fn).get_trace(*args, **kwargs)
