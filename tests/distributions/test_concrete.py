@@ -172,3 +172,29 @@ def test_schedules():
         ExponentialAnnealing(rate=-1.0)
     with pytest.raises(ValueError, match="every"):
         ExponentialAnnealing(every=0)
+
+
+@pytest.mark.parametrize("family", [Concrete, ExpConcrete])
+def test_usable_as_pyro_sites_at_low_temperature(family):
+    import pyro
+    import pyro.distributions as dist
+
+    pyro.clear_param_store()
+    torch.manual_seed(7)
+    schedule = ExponentialAnnealing(1.0, rate=0.5, minimum=0.05)
+
+    def model():
+        z = pyro.sample("z", family(0.05, logits=torch.zeros(4)))
+        x = z if family is Concrete else z.exp()
+        pyro.sample("obs", dist.Normal(x, 0.1).to_event(1), obs=torch.tensor([0.0, 1, 0, 0]))
+
+    def guide():
+        logits = pyro.param("logits", torch.zeros(4))
+        pyro.sample("z", family(schedule, logits=logits))
+
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), pyro.infer.Trace_ELBO())
+    for _ in range(10):
+        assert math.isfinite(svi.step())
+        schedule.step()
+    assert schedule.value == 0.05
+    assert torch.isfinite(pyro.param("logits")).all()
