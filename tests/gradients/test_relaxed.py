@@ -111,3 +111,21 @@ def test_low_temperature_is_finite():
     out = GumbelSoftmax(0.01).surrogate(OneHotCategorical(logits=logits), lambda y: y[..., 1], 64)
     out.surrogate.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_temperature_schedule_is_read_on_every_call():
+    from varinf.distributions.concrete import ExponentialAnnealing
+
+    schedule = ExponentialAnnealing(1.0, rate=0.5, minimum=0.1)
+    estimator = GumbelSoftmax(schedule)
+    assert estimator.current_temperature == 1.0
+    schedule.step()
+    assert estimator.current_temperature == pytest.approx(math.exp(-0.5))
+    # a schedule at temperature tau gives the same samples as the number tau
+    logits = torch.tensor([0.5, -0.5], dtype=torch.float64)
+    q = OneHotCategorical(logits=logits)
+    scheduled = estimator.surrogate(q, lambda y: y[..., 0], 5, torch.Generator().manual_seed(0))
+    fixed = GumbelSoftmax(math.exp(-0.5)).surrogate(
+        q, lambda y: y[..., 0], 5, torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(scheduled.value, fixed.value)

@@ -71,6 +71,24 @@ class GradientEstimator:
         num_samples: int,
         generator: torch.Generator | None = None,
     ) -> Surrogate:
+        r"""Estimate $\mathbb{E}_q[f]$ and its gradient from ``num_samples`` evaluations of ``f``.
+
+        Args:
+            dist: The discrete distribution $q_\theta$ (see the class docstring), with
+                parameters that require grad.
+            f: Samples ``(k, *batch_shape, *event_shape)`` to values ``(k, *batch_shape)``.
+            num_samples: $k$, the evaluations of ``f`` per batch element.
+            generator: Source of the random numbers (on the parameters' device); the global
+                one when ``None``.
+
+        Returns:
+            A `Surrogate`: differentiate ``surrogate.sum()`` to get the estimator.
+
+        Raises:
+            TypeError: ``dist`` of an unsupported family, ``f`` not callable, ``num_samples``
+                not an int.
+            ValueError: ``num_samples`` below the estimator's minimum.
+        """
         if not callable(f):
             raise TypeError(f"f must be a callable from samples to values, got {type(f).__name__}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int):

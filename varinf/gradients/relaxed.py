@@ -26,11 +26,13 @@ temperature (it is $\nabla f$ at $z$ times $\partial y/\partial\theta$), but
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch.nn.functional import one_hot
 
+from varinf.distributions.concrete import TemperatureSchedule
 from varinf.gradients.base import CategoricalView, GradientEstimator, Surrogate
 
 
@@ -52,7 +54,9 @@ class GumbelSoftmax(GradientEstimator):
     r"""Pathwise gradient of $\frac1k\sum_i f(y_i)$ for Gumbel-softmax samples $y_i$.
 
     Args:
-        temperature: $\tau > 0$.
+        temperature: $\tau > 0$, or a schedule from `varinf.distributions` (e.g.
+            ``ExponentialAnnealing``) whose ``value`` is read on every call; the training loop
+            advances it with ``schedule.step()``.
 
     Example:
         >>> import torch
@@ -69,15 +73,30 @@ class GumbelSoftmax(GradientEstimator):
     unbiased = False
     hard = False
 
-    def __init__(self, temperature: float = 0.5) -> None:
-        if not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-        self.temperature = float(temperature)
+    def __init__(self, temperature: float | TemperatureSchedule = 0.5) -> None:
+        if not isinstance(temperature, TemperatureSchedule) and (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+            or not temperature > 0
+        ):
+            raise ValueError(
+                "temperature must be a positive number or a TemperatureSchedule, "
+                f"got {temperature!r}"
+            )
+        self.temperature = temperature
+
+    @property
+    def current_temperature(self) -> float:
+        """The temperature now: the number, or the schedule's ``value`` at its own step."""
+        if isinstance(self.temperature, TemperatureSchedule):
+            return float(self.temperature.value)
+        return float(self.temperature)
 
     def _surrogate(
         self, view: CategoricalView, f: Callable, num_samples: int, generator
     ) -> Surrogate:
-        soft = relaxed_sample(view, num_samples, self.temperature, generator)
+        soft = relaxed_sample(view, num_samples, self.current_temperature, generator)
         sample = straight_through(soft) if self.hard else soft
         values = f(view.decode_relaxed(sample))
         return Surrogate(values.mean(0).detach(), values.mean(0), num_samples)
