@@ -8,7 +8,8 @@ are computed *exactly* by enumeration, so the training curves carry no Monte Car
 
 Estimators (all from ``varinf.gradients``, ``k`` evaluations of the decoder per datum):
 
-- ``gumbel-softmax`` and ``straight-through``: relaxed, biased; ELBO with analytic KL;
+- ``gumbel-softmax`` and ``straight-through``: relaxed, biased; ELBO with analytic KL; the
+  temperature is annealed exponentially from 1 to 0.5 over the first half of training;
 - ``vimco``: the IWAE bound with VIMCO gradients for the encoder;
 - ``unordered-set``: ELBO (analytic KL), k samples without replacement, built-in baseline;
 - ``relax``: ELBO (analytic KL), RELAX with a REBAR term plus a network as control variate,
@@ -36,6 +37,7 @@ from torch import nn  # noqa: E402
 from torch.distributions import Independent, OneHotCategorical  # noqa: E402
 from torch.nn.functional import softplus  # noqa: E402
 
+from varinf.distributions.concrete import ExponentialAnnealing  # noqa: E402
 from varinf.gradients import (  # noqa: E402
     RELAX,
     GumbelSoftmax,
@@ -104,11 +106,13 @@ class VAE(nn.Module):
 class Trainer:
     """One estimator's training loop: a loss per batch, and the encoder-gradient variance."""
 
-    def __init__(self, name: str, vae: VAE, num_samples: int, lr: float) -> None:
+    def __init__(self, name: str, vae: VAE, num_samples: int, lr: float, steps: int) -> None:
         self.name, self.vae, self.k = name, vae, num_samples
+        # Jang et al.'s schedule: anneal from 1 to 0.5, here over the first half of training
+        self.schedule = ExponentialAnnealing(1.0, rate=2 * math.log(2) / max(steps, 1), minimum=0.5)
         self.estimator = {
-            "gumbel-softmax": lambda: GumbelSoftmax(0.5),
-            "straight-through": lambda: StraightThrough(0.5),
+            "gumbel-softmax": lambda: GumbelSoftmax(self.schedule),
+            "straight-through": lambda: StraightThrough(self.schedule),
             "vimco": VIMCOEstimator,
             "unordered-set": UnorderedSet,
             "relax": lambda: RELAX(net=mlp_control_variate(vae.m, vae.n, 64)),
@@ -140,6 +144,7 @@ class Trainer:
         else:
             loss.backward()
         self.optimizer.step()
+        self.schedule.step()
 
     def encoder_gradient_variance(self, x: torch.Tensor, repeats: int, seed: int) -> float:
         r"""Total variance :math:`\sum_j \mathrm{Var}(g_j)` of the encoder gradient on ``x``."""
@@ -155,7 +160,7 @@ class Trainer:
 def train(name: str, args, train_x, test_x) -> dict:
     torch.manual_seed(args.seed)
     vae = VAE(args.latents, args.classes)
-    trainer = Trainer(name, vae, args.num_samples, args.lr)
+    trainer = Trainer(name, vae, args.num_samples, args.lr, args.steps)
     generator = torch.Generator().manual_seed(args.seed)
     fixed_batch = train_x[: args.batch_size]
     history = {"step": [], "log_px": [], "elbo": [], "grad_var_step": [], "grad_var": []}
