@@ -26,6 +26,8 @@ from pyro.distributions import constraints
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 
+from varinf.handlers import QuasiMonteCarloMessenger, count_dimensions
+
 PARTICLE_PLATE = "varinf_particles"
 
 
@@ -109,6 +111,7 @@ def trace_log_weights(
     max_plate_nesting: int | None = None,
     per_datum: bool = True,
     stop_guide_params: bool = False,
+    sampler: str = "iid",
 ) -> LogWeights:
     """Draw ``num_particles`` particles from ``guide`` (the prior if ``guide`` is None) in one
     vectorised run and return their log weights under ``model``.
@@ -125,6 +128,8 @@ def trace_log_weights(
         stop_guide_params: Also compute ``log_q_stopped``, the guide density of the same
             samples with its parameters detached (the samples keep their gradient), as
             doubly reparameterised gradients need.
+        sampler: ``"iid"`` draws independent particles; ``"rqmc"`` draws them from one
+            scrambled Sobol point set through inverse CDFs (see `varinf.handlers`).
 
     Raises:
         ValueError: ``num_particles < 1``, a guide that does not propose a latent site the
@@ -134,11 +139,13 @@ def trace_log_weights(
     check_num_particles(num_particles)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+    check_sampler(sampler)
     guide_trace = None
     if guide is not None:
-        guide_trace = poutine.trace(vectorize(guide, num_particles, max_plate_nesting)).get_trace(
-            *args, **kwargs
-        )
+        vectorized = vectorize(guide, num_particles, max_plate_nesting)
+        if sampler == "rqmc":
+            vectorized = _quasi_monte_carlo(vectorized, num_particles, args, kwargs)
+        guide_trace = poutine.trace(vectorized).get_trace(*args, **kwargs)
         model_fn = poutine.replay(model, trace=guide_trace)
     else:
         model_fn = model
@@ -178,6 +185,23 @@ def trace_log_weights(
         datum_scale=layout.datum_scale,
         log_q_stopped=log_q_stopped,
     )
+
+
+SAMPLERS = ("iid", "rqmc")
+
+
+def check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+def _quasi_monte_carlo(vectorized_guide, num_particles, args, kwargs):
+    """Wrap the vectorised guide so its particles come from one RQMC point set."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), poutine.block():  # a dry run to count dims
+        trace = poutine.trace(vectorized_guide).get_trace(*args, **kwargs)
+    dimension = count_dimensions(prune_subsample_sites(trace), num_particles)
+    return QuasiMonteCarloMessenger(num_particles, dimension)(vectorized_guide)
 
 
 class _DetachParams(poutine.messenger.Messenger):

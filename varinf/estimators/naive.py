@@ -31,6 +31,8 @@ class NaiveMonteCarlo(IWAE):
     requires_guide = False
 
     def __init__(self, num_particles: int = 1000, **options: Any) -> None:
+        if options.get("sampler", "iid") != "iid":
+            raise ValueError("sampler: NaiveMonteCarlo samples the model's prior i.i.d. only")
         super().__init__(num_particles, **options)
 
     def log_weights(self, model, guide, args, kwargs):

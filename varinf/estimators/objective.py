@@ -20,6 +20,7 @@ from varinf.estimate import Estimate, Estimator, make_estimate
 from varinf.weights import (
     LogWeights,
     check_num_particles,
+    check_sampler,
     guess_max_plate_nesting,
     trace_log_weights,
 )
@@ -47,7 +48,10 @@ class ParticleObjective(Estimator, PyroELBO):
     Args:
         num_particles: Particles per estimate, $K \\geq 1$.
         max_plate_nesting: Deepest plate dimension of model and guide; guessed by one
-            unvectorised run when ``None`` (and re-guessed for every new model).
+            unvectorised run when ``None`` (once per model and guide).
+        sampler: How particles are drawn: ``"iid"`` or ``"rqmc"`` (randomised quasi-Monte
+            Carlo, `varinf.handlers.QuasiMonteCarloMessenger`). RQMC particles are dependent,
+            so ``estimate()`` reports no standard error for them: use `varinf.compare` repeats.
         seed: Seed for `estimate` (see `varinf.Estimator`).
     """
 
@@ -56,12 +60,15 @@ class ParticleObjective(Estimator, PyroELBO):
         num_particles: int = 1,
         *,
         max_plate_nesting: int | None = None,
+        sampler: str = "iid",
         seed: int | None = None,
     ) -> None:
         check_num_particles(num_particles)
+        check_sampler(sampler)
         Estimator.__init__(self, seed=seed)
         PyroELBO.__init__(self, num_particles=num_particles, vectorize_particles=True)
         self.max_plate_nesting = max_plate_nesting
+        self.sampler = sampler
 
     # -- the math, implemented by subclasses -------------------------------------------------
     def objective(self, weights: LogWeights) -> Objective:
@@ -82,6 +89,7 @@ class ParticleObjective(Estimator, PyroELBO):
             kwargs,
             num_particles=self.num_samples(),
             max_plate_nesting=self.plate_nesting(model, guide, args, kwargs),
+            sampler=self.sampler,
         )
 
     def plate_nesting(
@@ -100,6 +108,13 @@ class ParticleObjective(Estimator, PyroELBO):
     def _estimate(self, model, guide, args, kwargs) -> Estimate:
         weights = self.log_weights(model, guide, args, kwargs)
         value, stderr, diagnostics = self.summarize(weights)
+        if self.sampler == "rqmc":
+            stderr = float("nan")
+            diagnostics = {
+                **diagnostics,
+                "stderr": "RQMC particles are dependent: estimate the "
+                "error from independent repeats (varinf.compare)",
+            }
         return make_estimate(
             value,
             stderr,

@@ -11,7 +11,13 @@ $$\mathrm{SUMO} = \mathrm{IWAE}_m + \sum_{j=1}^{J} \frac{\Delta_{m+j-1}}{P(\math
 uses $m + J$ samples and has $\mathbb{E}[\mathrm{SUMO}] = \lim_{k\to\infty}
 \mathbb{E}[\mathrm{IWAE}_k] = \log p(x)$. We take $P(\mathcal J \ge j) = 1/j$ for $j \le c$
 (the paper's choice) and a geometric tail $P(\mathcal J \ge j) = \rho^{\,j-c}/c$ beyond the
-cut-off $c$, which keeps the expected cost $m + H_c + \rho/(c(1-\rho))$ and the variance finite.
+cut-off $c$, which makes the expected cost finite, $m + H_c + \rho/(c(1-\rho))$.
+
+The price is heavy tails: the variance contains
+$\sum_j \mathbb{E}[\Delta_j^2] / P(\mathcal J \ge j)$ with $\mathbb{E}[\Delta_j^2] = O(j^{-2})$,
+which grows like $\log c$ over the head and diverges over the geometric tail. Rare long
+sequences produce very large estimates, so sample standard errors are unreliable: prefer many
+draws, and compare with the median of `varinf.compare` repeats.
 
 Written from the formula: all $\mathrm{IWAE}_k$ of a sequence come from one cumulative
 log-sum-exp, and many sequences of different lengths are drawn in one vectorised guide run.

@@ -1,0 +1,136 @@
+r"""Pyro effect handlers shared by the estimators.
+
+`QuasiMonteCarloMessenger` replaces the guide's i.i.d. draws by randomised quasi-Monte Carlo
+points: one scrambled Sobol point set $u_{1..K} \in [0,1)^D$ covers all $D$ latent dimensions of
+a particle jointly, and each site takes its columns through the inverse CDF,
+$z = F^{-1}(u)$ (Buchholz, Wenzel and Mandt 2018, "Quasi-Monte Carlo Variational Inference").
+Each point is marginally uniform, so each particle is still an exact draw from $q$ and averages
+over particles stay unbiased; the points are negatively correlated, which lowers the variance
+of those averages (most for smooth integrands in low dimension).
+
+Written by hand: Pyro has no QMC sampling; the Sobol points come from
+`torch.quasirandom.SobolEngine`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.poutine.messenger import Messenger
+from torch.distributions import transforms
+
+MAX_SOBOL_DIMENSION = 21201  # torch's SobolEngine limit
+
+
+class QuasiMonteCarloMessenger(Messenger):
+    """Draw every latent sample site from one scrambled Sobol point set.
+
+    Args:
+        num_particles: $K$, the size of the particle plate the guide runs in (the points are
+            shared across that plate's dimension).
+        dimension: $D$, latent dimensions per particle (see `count_dimensions`).
+
+    Supported sites: any reparameterised distribution with an `icdf` (Normal, Uniform, Cauchy,
+    Laplace, ...), `MultivariateNormal`, and `TransformedDistribution` / `Independent` /
+    expanded versions of those.
+    """
+
+    def __init__(self, num_particles: int, dimension: int) -> None:
+        super().__init__()
+        if not 1 <= dimension <= MAX_SOBOL_DIMENSION:
+            raise ValueError(
+                f"RQMC needs 1 to {MAX_SOBOL_DIMENSION} latent dimensions per particle, "
+                f"the guide has {dimension}"
+            )
+        seed = int(torch.randint(0, 2**62, ()).item())  # scrambling follows the torch seed
+        engine = torch.quasirandom.SobolEngine(dimension, scramble=True, seed=seed)
+        points = engine.draw(num_particles, dtype=torch.float64)
+        # Sobol points can be exactly 0, where inverse CDFs are -inf: nudge into (0, 1).
+        self.points = points.clamp(1e-12, 1 - 1e-12)
+        self.num_particles = num_particles
+        self.offset = 0
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        fn = msg["fn"]
+        width = _site_dimension(fn, self.num_particles)
+        if self.offset + width > self.points.shape[1]:
+            raise ValueError(f"site {msg['name']!r} needs more RQMC dimensions than were counted")
+        u = self.points[:, self.offset : self.offset + width]
+        self.offset += width
+        msg["value"] = quantile_sample(fn, u, msg["name"])
+        msg["done"] = True
+
+
+def _site_dimension(fn, num_particles: int) -> int:
+    shape = fn.batch_shape + fn.event_shape
+    total = math.prod(shape)
+    if not shape or shape[0] != num_particles:
+        raise ValueError(
+            "RQMC needs every guide site inside the particle plate as its leftmost batch "
+            f"dimension; got a site of shape {tuple(shape)}"
+        )
+    return total // num_particles
+
+
+def count_dimensions(trace, num_particles: int) -> int:
+    """Latent dimensions per particle of a vectorised guide trace."""
+    return sum(
+        _site_dimension(site["fn"], num_particles)
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site["is_observed"]
+    )
+
+
+def quantile_sample(fn, u: torch.Tensor, name: str = "?") -> torch.Tensor:
+    """Map uniforms ``u`` of shape ``(K, D_site)`` to a sample of ``fn`` by inverse CDFs."""
+    shape = fn.batch_shape + fn.event_shape
+    u = u.to(dtype=_dtype(fn), device=_device(fn)).reshape(shape)
+    return _quantile(fn, u, name)
+
+
+def _quantile(fn, u, name):
+    if isinstance(fn, dist.Independent | torch.distributions.Independent):
+        return _quantile(fn.base_dist, u, name)
+    if isinstance(fn, dist.MultivariateNormal | torch.distributions.MultivariateNormal):
+        normal = torch.special.ndtri(u)
+        return fn.loc + (fn.scale_tril @ normal.unsqueeze(-1)).squeeze(-1)
+    if isinstance(fn, torch.distributions.TransformedDistribution):
+        value = _quantile(fn.base_dist, u, name)
+        for transform in fn.transforms:
+            if not _is_monotone(transform):
+                raise ValueError(
+                    f"RQMC cannot sample site {name!r}: {transform} is not elementwise"
+                )
+            value = transform(value)
+        return value
+    if getattr(fn, "has_rsample", False):
+        try:
+            return fn.icdf(u)
+        except NotImplementedError:
+            pass
+    raise ValueError(
+        f"RQMC cannot sample site {name!r}: {type(fn).__name__} has no reparameterised inverse "
+        "CDF; use sampler='iid' for this guide"
+    )
+
+
+def _is_monotone(transform) -> bool:
+    return transform.event_dim == 0 or isinstance(transform, transforms.IndependentTransform)
+
+
+def _dtype(fn):
+    for value in vars(fn).values():
+        if torch.is_tensor(value) and value.is_floating_point():
+            return value.dtype
+    return torch.get_default_dtype()
+
+
+def _device(fn):
+    for value in vars(fn).values():
+        if torch.is_tensor(value):
+            return value.device
+    return torch.device("cpu")
