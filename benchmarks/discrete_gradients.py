@@ -6,7 +6,8 @@ f(b) = sum_i (b_i - p0_i)^2 with p0 = (0.6, 0.51, 0.48); exact gradient -0.0450 
 ``--repeats`` independent gradients (vectorised as a batch of problems) and prints their
 variance, and the mean gradient next to the exact one (relaxed estimators are biased). With
 ``--pyro`` it also runs the Pyro-loss route: ``varinf.gradient_variance`` over VIMCO, the
-leave-one-out score ELBO and Pyro's Trace_ELBO on a 3-state categorical latent.
+leave-one-out score ELBO, Pyro's Trace_ELBO and EstimatorELBO (sum-and-sample, unordered set)
+on a 3-state categorical latent.
 
 Usage: python benchmarks/discrete_gradients.py [--repeats 10000] [--etas 0 -4] [--pyro]
 """
@@ -84,7 +85,7 @@ def pyro_route(repeats: int) -> pd.DataFrame:
     from pyro.infer import Trace_ELBO
 
     from varinf import gradient_variance
-    from varinf.gradients import VIMCO, ScoreELBO
+    from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
 
     means = torch.tensor([-1.0, 0.5, 2.0])
     data = torch.tensor([0.2, 0.9, 0.4])
@@ -103,11 +104,18 @@ def pyro_route(repeats: int) -> pd.DataFrame:
     ]
     losses += [ScoreELBO(num_particles=k, max_plate_nesting=1) for k in (2, 4, 8)]
     losses += [VIMCO(num_particles=k, max_plate_nesting=1) for k in (2, 4, 8)]
+    losses += [EstimatorELBO(SumAndSample(), 2), EstimatorELBO(UnorderedSet(), 2)]
     pyro.clear_param_store()
     result = gradient_variance(losses, model, guide, data, repeats=repeats, progress=False)
     table = result.table
-    table.index = [f"{type(loss).__name__}(K={loss.num_particles})" for loss in losses]
+    table.index = [_label(loss) for loss in losses]
     return table
+
+
+def _label(loss) -> str:
+    if hasattr(loss, "estimator"):
+        return f"EstimatorELBO({loss.estimator.name}, k={loss.num_samples})"
+    return f"{type(loss).__name__}(K={loss.num_particles})"
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Gradient estimators for expectations over discrete variables (see ``docs/gradients.md``)."""
 
 from varinf.gradients.base import GradientEstimator, Surrogate, enumerate_expectation
+from varinf.gradients.pyro_loss import EstimatorELBO
 from varinf.gradients.relax import RELAX, mlp_control_variate
 from varinf.gradients.relaxed import GumbelSoftmax, StraightThrough
 from varinf.gradients.score import ScoreELBO, ScoreFunction
@@ -11,6 +12,7 @@ from varinf.gradients.vimco import VIMCO, VIMCOEstimator
 __all__ = [
     "RELAX",
     "VIMCO",
+    "EstimatorELBO",
     "GradientEstimator",
     "GumbelSoftmax",
     "ScoreELBO",
