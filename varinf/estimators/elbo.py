@@ -22,7 +22,7 @@ import torch
 from varinf.diagnostics import importance_diagnostics
 from varinf.estimators.dreg import dreg_guide_surrogate
 from varinf.estimators.objective import Objective, ParticleObjective
-from varinf.weights import LogWeights, trace_log_weights
+from varinf.weights import LogWeights
 
 
 def elbo(log_weights: torch.Tensor) -> torch.Tensor:
@@ -132,17 +132,9 @@ class IWAE(ParticleObjective):
             raise ValueError("gradient='dreg' needs a fully reparameterised guide")
         return Objective(value, surrogate, weights.datum_scale * dreg_guide_surrogate(weights))
 
-    def log_weights(self, model, guide, args, kwargs):
-        return trace_log_weights(
-            model,
-            guide,
-            args,
-            kwargs,
-            num_particles=self.num_particles,
-            max_plate_nesting=self.plate_nesting(model, guide, args, kwargs),
-            stop_guide_params=self.gradient == "dreg" and torch.is_grad_enabled(),
-            sampler=self.sampler,
-        )
+    def trace_options(self) -> dict:
+        # DReG's guide density with detached parameters; only worth a guide run for gradients.
+        return {"stop_guide_params": self.gradient == "dreg" and torch.is_grad_enabled()}
 
     def summarize(self, weights):
         log_w = weights.log_weights

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from varinf.estimators.elbo import IWAE
-from varinf.weights import trace_log_weights
 
 
 class NaiveMonteCarlo(IWAE):
@@ -38,11 +37,4 @@ class NaiveMonteCarlo(IWAE):
     def log_weights(self, model, guide, args, kwargs):
         if guide is not None:
             raise ValueError("NaiveMonteCarlo samples the prior: pass guide=None")
-        return trace_log_weights(
-            model,
-            None,
-            args,
-            kwargs,
-            num_particles=self.num_particles,
-            max_plate_nesting=self.plate_nesting(model, guide, args, kwargs),
-        )
+        return super().log_weights(model, None, args, kwargs)

@@ -90,7 +90,12 @@ class ParticleObjective(Estimator, PyroELBO):
             num_particles=self.num_samples(),
             max_plate_nesting=self.plate_nesting(model, guide, args, kwargs),
             sampler=self.sampler,
+            **self.trace_options(),
         )
+
+    def trace_options(self) -> dict:
+        """Extra keyword arguments for `varinf.weights.trace_log_weights`."""
+        return {}
 
     def plate_nesting(
         self, model: Callable, guide: Callable | None, args: tuple, kwargs: dict
