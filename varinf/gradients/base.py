@@ -21,7 +21,6 @@ with its own value of $f$.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -242,9 +241,3 @@ def enumerate_tuples(num_states: int, k: int) -> torch.Tensor:
         raise ValueError(f"{num_states}**{k} tuples are too many to enumerate")
     grid = list(itertools.product(range(num_states), repeat=k))
     return torch.tensor(grid).T
-
-
-def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    r"""$\log(1 - e^{-x})$ for $x > 0$, accurate for small and large $x$
-    (Mächler 2012)."""
-    return torch.where(x < math.log(2), torch.log(-torch.expm1(-x)), torch.log1p(-torch.exp(-x)))
