@@ -33,6 +33,7 @@ import math
 import torch
 from torch import Tensor
 
+from .alignment import Alignment
 from .substitution import SubstitutionModel, get_model
 
 __all__ = ["pruning_log_likelihood", "log_likelihood"]
@@ -236,7 +237,7 @@ def pruning_log_likelihood(
 
 
 def log_likelihood(
-    alignment,
+    alignment: Alignment,
     children: Tensor,
     lengths: Tensor,
     substitution: str | SubstitutionModel = "JC69",

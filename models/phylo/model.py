@@ -146,7 +146,8 @@ def phylo_model(
         >>> model = phylo_model(aln)
         >>> with pyro.plate("particles", 7, dim=-1):
         ...     trace = pyro.poutine.trace(model).get_trace()
-        >>> trace.nodes["topology"]["value"].shape, trace.nodes["alignment"]["fn"].batch_shape
+        >>> topology, factor = trace.nodes["topology"], trace.nodes["alignment"]
+        >>> topology["value"].shape, factor["fn"].batch_shape
         (torch.Size([7, 3, 2]), torch.Size([7]))
     """
     if not isinstance(alignment, Alignment):

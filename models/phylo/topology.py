@@ -138,7 +138,7 @@ def _edges_of(children: Tensor) -> list[tuple[int, int]]:
     return edges
 
 
-def canonicalize(children: Tensor, lengths: Tensor | None = None):
+def canonicalize(children: Tensor, lengths: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     r"""Canonical form of a batch of rooted binary trees, read as unrooted topologies.
 
     Args:
@@ -149,8 +149,9 @@ def canonicalize(children: Tensor, lengths: Tensor | None = None):
             (the two root edges are merged into one).
 
     Returns:
-        The canonical ``children`` (same shape) and, if given, canonical ``(..., 2n-3)``
-        lengths. Loops over the batch in Python: meant for I/O, not for inner loops.
+        The canonical ``children`` (same shape), or the pair ``(children, lengths)`` with
+        ``(..., 2n-3)`` lengths if lengths were given. Loops over the batch in Python: meant
+        for I/O, not for inner loops.
     """
     n = children.shape[-2] + 1
     flat = children.reshape(-1, n - 1, 2).cpu()
