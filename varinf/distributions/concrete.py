@@ -184,6 +184,10 @@ class ExpConcrete(ExpRelaxedCategorical, TorchDistributionMixin):
     ExpConcrete prior in the model (use ``y.exp()`` downstream).  KL divergences are invariant under
     the bijection $x = e^y$, so $KL(q_y \| p_y) = KL(q_x \| p_x)$.
 
+    The formula is a density on the constrained set $\{y : \sum_k e^{y_k} = 1\}$; as a density
+    in the free coordinates $y_1..y_{K-1}$ it would carry an extra factor $e^{-y_K}$.  That factor
+    is common to every ExpConcrete, so density ratios and KL terms are unaffected.
+
     Shapes: ``logits`` is ``batch_shape + (K,)``; samples are ``sample_shape + batch_shape + (K,)``.
     """
 
