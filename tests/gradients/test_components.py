@@ -165,7 +165,11 @@ def test_bad_input():
         GumbelSoftmax().surrogate(q, lambda z: z.float(), 2)
     with pytest.raises(ValueError, match="joint states"):
         big = Independent(Bernoulli(logits=torch.zeros(20)), 1)
-        UnorderedSet().surrogate(big, lambda b: b.sum(-1), 2)
+        UnorderedSet(method="enumerate").surrogate(big, lambda b: b.sum(-1), 2)
+    with pytest.raises(ValueError, match="joint states"):
+        SumAndSample().surrogate(big, lambda b: b.sum(-1), 2)
+    with pytest.raises(ValueError, match="method"):
+        UnorderedSet(method="beams")
     with pytest.raises(ValueError, match="control variate"):
         RELAX(scale=None)
 
@@ -199,3 +203,41 @@ def test_contract_same_seed_same_number(estimator):
     torch.testing.assert_close(runs[0], runs[1])
     # the surrogate's value is the estimate itself (the gradient terms add zero)
     torch.testing.assert_close(out.surrogate.detach(), out.value)
+
+
+@pytest.mark.parametrize("method", ["enumerate", "beam"])
+def test_sampled_sets_follow_the_set_probability(method):
+    # every unordered pair of the 8 toy states appears with probability q(S) (the integral)
+    from varinf.gradients.unordered_set import gumbel_top_k, stochastic_beam_search
+
+    logits = torch.tensor([0.7, -0.3, 1.2], dtype=torch.float64)
+    view = CategoricalView(Independent(Bernoulli(logits=logits), 1))
+    joint = view.joint_log_probs()
+    num = 20000
+    generator = torch.Generator().manual_seed(0)
+    if method == "enumerate":
+        states = gumbel_top_k(joint.expand(num, 8), 2, generator)
+    else:
+        indices = stochastic_beam_search(view.log_probs.expand(num, 3, 2), 2, generator)
+        states = (indices * torch.tensor([4, 2, 1])).sum(-1)  # joint state, base 2
+    states = states.sort(-1).values
+    for a, b in itertools.combinations(range(8), 2):
+        rest = joint[[i for i in range(8) if i not in (a, b)]].logsumexp(0)
+        prob = log_set_integrals(joint[[a, b]], rest)[0].exp().item()
+        frequency = ((states[:, 0] == a) & (states[:, 1] == b)).double().mean().item()
+        assert abs(frequency - prob) < 4 * math.sqrt(prob * (1 - prob) / num), (a, b)
+
+
+def test_beam_search_on_a_large_product_is_unbiased():
+    # 30 Bernoullis (2^30 states, no enumeration): exact gradient sigma'(eta) sum(1 - 2 c)
+    c = torch.linspace(0.1, 0.9, 30, dtype=torch.float64) ** 2
+    repeats, eta = 4000, -0.5
+    etas = torch.full((repeats,), eta, dtype=torch.float64, requires_grad=True)
+    q = Independent(Bernoulli(logits=etas.unsqueeze(-1).expand(repeats, 30)), 1)
+    generator = torch.Generator().manual_seed(1)
+    out = UnorderedSet().surrogate(q, lambda b: ((b - c) ** 2).sum(-1), 4, generator)
+    (grads,) = torch.autograd.grad(out.surrogate.sum(), etas)
+    p = 1 / (1 + math.exp(-eta))
+    truth = p * (1 - p) * (1 - 2 * c).sum().item()
+    stderr = grads.std().item() / math.sqrt(repeats)
+    assert abs(grads.mean().item() - truth) < 3 * stderr, (grads.mean().item(), truth, stderr)

@@ -41,6 +41,7 @@ ESTIMATORS = {
     "sum-and-sample": lambda: SumAndSample(),
     "unordered-set": lambda: UnorderedSet(),
     "unordered-set-no-baseline": lambda: UnorderedSet(baseline=False),
+    "unordered-set-beam": lambda: UnorderedSet(method="beam"),
     "relax": lambda: RELAX().double(),
     "relax-net": lambda: RELAX(net=mlp_control_variate(3, 2, 8)).double(),
 }

@@ -47,6 +47,7 @@ from collections.abc import Callable
 import torch
 
 from varinf.gradients.base import (
+    MAX_JOINT_STATES,
     CategoricalView,
     GradientEstimator,
     Surrogate,
@@ -119,6 +120,62 @@ def gumbel_top_k(log_q: torch.Tensor, k: int, generator) -> torch.Tensor:
     return perturbed.topk(k, dim=-1).indices
 
 
+def stochastic_beam_search(
+    log_probs: torch.Tensor, k: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    r"""$k$ distinct states of a product of independent categoricals, without replacement.
+
+    Stochastic beam search (Kool, van Hoof and Welling 2019, "Stochastic beams and where to
+    find them"): factor by factor, every kept prefix $p$ with perturbed log-probability $G_p$
+    extends to its children $c$ with $	ilde G_{pc} = \log q(pc) + g_{pc}$, conditioned on their
+    maximum being $G_p$,
+
+    $$
+    G_{pc} = -\logig(e^{-G_p} - e^{-Z_p} + e^{-	ilde G_{pc}}ig), \qquad
+    Z_p = \max_c 	ilde G_{pc},
+    $$
+
+    and the $k$ largest are kept. The leaves' perturbed values are then distributed as
+    independent Gumbels of the joint log-probabilities, so the result has the law of
+    Gumbel-top-$k$ over all $n^m$ states, at cost $O(m k n)$.
+
+    Args:
+        log_probs: Normalised per-factor log-probabilities ``(*batch, m, n)``.
+        k: Number of states (at most $n^m$).
+
+    Returns:
+        Per-factor indices ``(*batch, k, m)``.
+    """
+    batch, (m, n) = log_probs.shape[:-2], log_probs.shape[-2:]
+    log_probs = log_probs.detach()
+    prefixes = log_probs.new_zeros((*batch, 1, 0), dtype=torch.long)
+    phi = log_probs.new_zeros((*batch, 1))  # log q(prefix)
+    perturbed = log_probs.new_zeros((*batch, 1))  # G_prefix; the root's value is immaterial
+    for j in range(m):
+        child_phi = phi.unsqueeze(-1) + log_probs[..., j, None, :]  # (*batch, beam, n)
+        untruncated = child_phi + gumbel_like(child_phi, generator)
+        child = _truncated_gumbel(perturbed.unsqueeze(-1), untruncated)
+        beam = min(k, child.shape[-2] * n)
+        keep = child.flatten(-2).topk(beam, dim=-1).indices
+        parent, category = torch.div(keep, n, rounding_mode="floor"), keep % n
+        parent_prefix = prefixes.gather(-2, parent.unsqueeze(-1).expand(*parent.shape, j))
+        prefixes = torch.cat([parent_prefix, category.unsqueeze(-1)], -1)
+        phi = child_phi.flatten(-2).gather(-1, keep)
+        perturbed = child.flatten(-2).gather(-1, keep)
+    return prefixes
+
+
+def _truncated_gumbel(top: torch.Tensor, untruncated: torch.Tensor) -> torch.Tensor:
+    """Gumbels ``untruncated`` shifted so that their maximum is ``top``, in a stable form."""
+    maximum = untruncated.amax(-1, keepdim=True)
+    gap = untruncated - maximum  # <= 0; log(1 - e^gap) is -inf at the maximum
+    log1m = torch.where(
+        gap > -math.log(2), torch.log(-torch.expm1(gap)), torch.log1p(-torch.exp(gap))
+    )
+    v = top - untruncated + log1m
+    return top - v.clamp(min=0) - torch.log1p(torch.exp(-v.abs()))
+
+
 class UnorderedSet(GradientEstimator):
     r"""The unordered set estimator, with the built-in baseline by default.
 
@@ -127,9 +184,10 @@ class UnorderedSet(GradientEstimator):
         num_points: Trapezoid points for the set-probability integrals.
 
     The $k$ evaluations are distinct states, so with $k$ equal to the support size
-    the estimator is exact. States are enumerated jointly over the factors (see
-    `joint_log_probs`); Kool et al. use stochastic
-    beam search for large product spaces.
+    the estimator is exact. With ``method="enumerate"`` the joint states are enumerated (see
+    `joint_log_probs`); with ``"beam"`` they are drawn by `stochastic_beam_search`, factor by
+    factor, which works for any number of factors; ``"auto"`` enumerates up to
+    ``MAX_JOINT_STATES`` states.
 
     Example:
         >>> import torch
@@ -142,9 +200,14 @@ class UnorderedSet(GradientEstimator):
 
     name = "unordered-set"
 
-    def __init__(self, baseline: bool = True, *, num_points: int = 300) -> None:
+    def __init__(
+        self, baseline: bool = True, *, method: str = "auto", num_points: int = 300
+    ) -> None:
         if num_points < 10:
             raise ValueError(f"num_points must be at least 10, got {num_points}")
+        if method not in ("auto", "enumerate", "beam"):
+            raise ValueError(f"method must be 'auto', 'enumerate' or 'beam', got {method!r}")
+        self.method = method
         self.baseline = bool(baseline)
         self.num_points = num_points
         self.min_samples = 2 if self.baseline else 1
@@ -153,26 +216,44 @@ class UnorderedSet(GradientEstimator):
     def _surrogate(
         self, view: CategoricalView, f: Callable, num_samples: int, generator
     ) -> Surrogate:
-        joint = view.joint_log_probs()
-        k = min(num_samples, joint.shape[-1])
-        states = gumbel_top_k(joint, k, generator)  # (*B, k)
-        log_q = joint.gather(-1, states)
-        values = f(view.decode(view.joint_to_indices(states.movedim(-1, 0)))).movedim(0, -1)
-        weights, baselines = self._weights(joint.detach(), states, log_q.detach(), values.detach())
+        num_states = view.num_categories**view.num_factors
+        k = min(num_samples, num_states)
+        enumerate_ = self.method == "enumerate" or (
+            self.method == "auto" and num_states <= MAX_JOINT_STATES
+        )
+        if enumerate_:
+            joint = view.joint_log_probs()
+            states = gumbel_top_k(joint, k, generator)  # (*B, k)
+            indices = view.joint_to_indices(states.movedim(-1, 0))  # (k, *B, m)
+            log_rest = joint.detach().scatter(-1, states, float("-inf")).logsumexp(-1)
+        else:
+            indices = stochastic_beam_search(view.log_probs, k, generator).movedim(-2, 0)
+        log_q = view.log_prob(indices).movedim(0, -1)  # (*B, k)
+        if not enumerate_:  # 1 - q(S); -inf when S is the whole support
+            log_rest = _log1mexp(log_q.detach().double().logsumexp(-1)).to(log_q.dtype)
+        values = f(view.decode(indices)).movedim(0, -1)
+        weights, baselines = self._weights(log_rest, log_q.detach(), values.detach())
         signal = weights * (values.detach() - baselines)
         surrogate = (weights * values).sum(-1) + score_term(signal, log_q).sum(-1)
         return Surrogate((weights * values.detach()).sum(-1), surrogate, k)
 
-    def _weights(self, joint, states, log_q, values) -> tuple[torch.Tensor, torch.Tensor]:
+    def _weights(self, log_rest, log_q, values) -> tuple[torch.Tensor, torch.Tensor]:
         r"""$q(s) R(S, s)$ and the baselines $b_s$ (zero without baseline)."""
-        log_rest = joint.scatter(-1, states, float("-inf")).logsumexp(-1)
         log_all, log_one_out, log_two_out = log_set_integrals(log_q, log_rest, self.num_points)
         log_q64 = log_q.double()
         weights = (log_q64 + log_one_out - log_all.unsqueeze(-1)).exp()
-        if not self.baseline or states.shape[-1] < 2:
+        if not self.baseline or log_q.shape[-1] < 2:
             return weights.to(values.dtype), torch.zeros_like(values)
         # [s, s'] = q(s') R^{D\s}(S, s'), with R^{D\s}(S, s) = 1 on the diagonal
         inner = (log_q64.unsqueeze(-2) + log_two_out - log_one_out.unsqueeze(-1)).exp()
         inner = torch.diagonal_scatter(inner, log_q64.exp(), dim1=-2, dim2=-1)
         baselines = (inner * values.double().unsqueeze(-2)).sum(-1)
         return weights.to(values.dtype), baselines.to(values.dtype)
+
+
+def _log1mexp(log_x: torch.Tensor) -> torch.Tensor:
+    """$\\log(1 - x)$ from $\\log x \\le 0$."""
+    log_x = log_x.clamp(max=0.0)
+    return torch.where(
+        log_x > -math.log(2), torch.log(-torch.expm1(log_x)), torch.log1p(-torch.exp(log_x))
+    )
