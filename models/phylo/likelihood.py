@@ -106,23 +106,29 @@ class _Pruning(torch.autograd.Function):
         trans_n = trans_n.transpose(0, 1).contiguous()
         sched = _Schedule(children, n_batch)
         keep = any(ctx.needs_input_grad[:3])
-        low = trans.new_empty(n - 1 if keep else 1, n_batch, n_cat, 4, n_pat)
-        args = (trans_n, tips, children, sched, freqs, cat_w, weights)
-        out, msg, lik, smallest = _forward(*args, every, low)
-        if every > 1 and smallest < _TINY_SCALE:
-            out, msg, lik, _ = _forward(*args, 1, low)
+        if sched.shared:
+            args = (trans_n, tips, sched.rows, freqs, cat_w, weights)
+            out, msg, low, lik, smallest = _forward_shared(*args, every, keep)
+            if every > 1 and smallest < _TINY_SCALE:
+                out, msg, low, lik, _ = _forward_shared(*args, 1, keep)
+            root = low[2 * n - 2] if keep else None
+        else:
+            low = trans.new_empty(n - 1 if keep else 1, n_batch, n_cat, 4, n_pat)
+            args = (trans_n, tips, children, sched, freqs, cat_w, weights)
+            out, msg, lik, smallest = _forward(*args, every, low)
+            if every > 1 and smallest < _TINY_SCALE:
+                out, msg, lik, _ = _forward(*args, 1, low)
+            root = low[n - 2] if keep else None
         if keep:
-            ctx.save_for_backward(trans_n, freqs, cat_w, tips, weights, msg, low, lik)
-            ctx.sched = sched
+            ctx.save_for_backward(trans_n, freqs, cat_w, tips, weights, lik, root)
+            ctx.sched, ctx.msg, ctx.low = sched, msg, low
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        trans_n, freqs, cat_w, tips, weights, msg, low, lik = ctx.saved_tensors
-        sched = ctx.sched
-        n = tips.shape[0]
+        trans_n, freqs, cat_w, tips, weights, lik, root = ctx.saved_tensors
+        sched, msg, low = ctx.sched, ctx.msg, ctx.low
         coef = grad[:, None] * weights  # d out / d log L_p
-        root = low[n - 2]
         root_coef = (coef / lik)[:, None, None, :]
         grad_freqs = (root * root_coef * cat_w[:, :, None, None]).sum((1, 3))
         grad_cat = (root * root_coef * freqs[:, None, :, None]).sum((2, 3))
@@ -134,26 +140,59 @@ class _Pruning(torch.autograd.Function):
         return grad_trans, grad_freqs, grad_cat, None, None, None, None
 
 
+def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
+    """Pruning for one topology with a tensor per node, freed (or kept for the gradient)
+    as soon as its parent is done: small working set, no page faults from huge buffers."""
+    n, n_pat = tips.shape[0], tips.shape[-1]
+    shape = (*trans_n.shape[1:3], 4, n_pat)
+    low, msg, scales = {}, {}, []
+
+    def message(c: int) -> Tensor:
+        if c < n:  # one (N*C*4, 4) @ (4, P) product
+            m = (trans_n[c].reshape(-1, 4) @ tips[c]).view(shape)
+        else:
+            x = low[c] if keep else low.pop(c)
+            m = x if c == 2 * n - 3 else trans_n[c] @ x  # zero-length edge above 2n-3
+        if keep:
+            msg[c] = m
+        return m
+
+    for j, (c0, c1) in enumerate(rows):
+        first, second = message(c0), message(c1)
+        part = first * second if keep or c0 == 2 * n - 3 else first.mul_(second)
+        if j % every == every - 1 or j == n - 2:
+            scales.append(_rescale_(part))
+        low[n + j] = part
+    site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, P)
+    lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
+    scales = torch.stack(scales)
+    out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
+    return out, msg, low, lik, torch.minimum(scales.min(), lik.min())
+
+
 def _backward_shared(rows, trans_n, tips, msg, low, coef, g):
-    """Pre-order pass for one topology: every slice is a view, gradients written per edge."""
-    n = tips.shape[0]
+    """Pre-order pass for one topology, per-node tensors, gradients written per edge."""
+    n, n_pat = tips.shape[0], tips.shape[-1]
     grad_n = torch.empty_like(trans_n)
-    outer = torch.empty_like(low)  # G of internal node n + j at outer[j]
+    outer = {}  # G of internal nodes, consumed by their own row
     for j in range(n - 2, -1, -1):
         if j < n - 2:
-            g = outer[j]
+            g = outer.pop(n + j)
         c = rows[j]
-        m = (msg[c[0]], msg[c[1]])
-        f = (coef / (g * m[0] * m[1]).sum((1, 2)))[:, None, None, :]
+        m = (msg[c[0]], msg[c[1]])  # not popped: backward may run more than once
+        u = g * m[1]
+        f = (coef / (u * m[0]).sum((1, 2)))[:, None, None, :]
         for side in (0, 1):
-            u = g * m[1 - side]
-            if c[side] >= n:
-                torch.matmul(trans_n[c[side]].transpose(-1, -2), u, out=outer[c[side] - n])
-                _rescale_(outer[c[side] - n])
-                torch.matmul(u.mul_(f), low[c[side] - n].transpose(-1, -2), out=grad_n[c[side]])
+            k = c[side]
+            if side == 1:
+                u = g * m[0]
+            if k >= n:
+                outer[k] = trans_n[k].transpose(-1, -2) @ u
+                _rescale_(outer[k])
+                torch.matmul(u.mul_(f), low[k].transpose(-1, -2), out=grad_n[k])
             else:
-                leaf = u.mul_(f).view(-1, u.shape[-1]) @ tips[c[side]].transpose(-1, -2)
-                grad_n[c[side]] = leaf.view(grad_n.shape[1:])
+                leaf = u.mul_(f).view(-1, n_pat) @ tips[k].transpose(-1, -2)
+                grad_n[k] = leaf.view(grad_n.shape[1:])
     return grad_n[: 2 * n - 3].transpose(0, 1)
 
 
