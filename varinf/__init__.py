@@ -7,6 +7,7 @@ Every estimator answers through one call, ``estimate(model, guide, *args, **kwar
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
 from varinf.estimate import Estimate, Estimator
 from varinf.estimators import ELBO, IWAE, RQMCELBO, SUMO, NaiveMonteCarlo
+from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
 
 __version__ = "0.1.0"
 
@@ -15,11 +16,14 @@ __all__ = [
     "IWAE",
     "RQMCELBO",
     "SUMO",
+    "VIMCO",
+    "EstimatorELBO",
     "Comparison",
     "Estimate",
     "Estimator",
     "GradientVariance",
     "NaiveMonteCarlo",
+    "ScoreELBO",
     "compare",
     "gradient_variance",
 ]
