@@ -19,6 +19,7 @@ import math
 import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample  # a plate's index site
 from torch.distributions import transforms
 
 MAX_SOBOL_DIMENSION = 21201  # torch's SobolEngine limit
@@ -53,7 +54,7 @@ class QuasiMonteCarloMessenger(Messenger):
         self.offset = 0
 
     def _pyro_sample(self, msg: dict) -> None:
-        if msg["is_observed"] or msg["value"] is not None:
+        if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
             return
         fn = msg["fn"]
         width = _site_dimension(fn, self.num_particles)
