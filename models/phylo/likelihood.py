@@ -78,10 +78,13 @@ def _forward(trans_n, tips, children_rows, sched, freqs, cat_w, weights, every, 
     msg = trans_n.new_empty(2 * n - 2, *trans_n.shape[1:3], 4, tips.shape[-1])
     # leaves: one (N*C*4, 4) @ (4, P) product per leaf, batched over the leaves
     torch.bmm(trans_n[:n].flatten(1, 3), tips, out=msg[:n].view(n, -1, tips.shape[-1]))
-    scales = []
+    scales, pairs = [], []
     for j in range(n - 1):
         part = low[j] if low.shape[0] > 1 else low[0]
-        torch.mul(sched.take(msg, j, 0), sched.take(msg, j, 1), out=part)
+        pair = (sched.take(msg, j, 0), sched.take(msg, j, 1))
+        if low.shape[0] > 1:  # keep the gathered children for the backward pass
+            pairs.append(pair)
+        torch.mul(*pair, out=part)
         if j % every == every - 1 or j == n - 2:
             scales.append(_rescale_(part))
         if j < n - 2:
@@ -90,7 +93,7 @@ def _forward(trans_n, tips, children_rows, sched, freqs, cat_w, weights, every, 
     lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
     scales = torch.stack(scales)
     out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
-    return out, msg, lik, scales.min()
+    return out, pairs, lik, scales.min()
 
 
 class _Pruning(torch.autograd.Function):
@@ -197,7 +200,8 @@ def _backward_shared(rows, trans_n, tips, msg, low, coef, g):
 
 
 def _backward_batched(sched, trans_n, tips, msg, low, coef, g):
-    """Pre-order pass for a different topology per batch element (gathers by index)."""
+    """Pre-order pass for a different topology per batch element (gathers by index);
+    ``msg[j]`` holds the two children's messages of row ``j``, gathered in the forward pass."""
     n = tips.shape[0]
     # outside partials of each row's two children, and dlogL_p/dL_p per row
     upper = low.new_empty(n - 1, 2, *low.shape[1:])
@@ -208,7 +212,7 @@ def _backward_batched(sched, trans_n, tips, msg, low, coef, g):
             u_v = flat_upper.index_select(0, sched.slot[n + j])
             g = trans_n[n + j].transpose(-1, -2) @ u_v
             _rescale_(g)
-        m0, m1 = sched.take(msg, j, 0), sched.take(msg, j, 1)
+        m0, m1 = msg[j]
         torch.mul(g, m1, out=upper[j, 0])
         torch.mul(g, m0, out=upper[j, 1])
         factor[j] = coef / (upper[j, 0] * m0).sum((1, 2))

@@ -206,6 +206,9 @@ def test_rescaling_prevents_underflow_on_many_taxa():
     assert torch.isfinite(every_node) and every_node < -5000  # far below float64's 1e-308
     assert sparse.item() == pytest.approx(every_node.item(), rel=1e-12)
     assert never.item() == pytest.approx(every_node.item(), rel=1e-12)  # detected and redone
+    batched = pruning_log_likelihood(tips, weights, children.expand(2, -1, -1), trans, pi,
+                                     rescale_every=10**6)  # fmt: skip
+    assert torch.allclose(batched, every_node.expand(2), rtol=1e-12)
 
 
 # ---------------------------------------------------------------- gradients
