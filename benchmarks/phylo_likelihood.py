@@ -4,7 +4,8 @@ Prints milliseconds per call and per tree for the log-likelihood alone and with 
 with respect to the branch lengths, for 1, 10 and 100 particles (branch-length vectors) on one
 topology and for 10 different topologies at once; side by side with torchtree
 (``pip install -c constraints.txt torchtree``) when it is installed, which has no batching over
-topologies (its 10-topology row is a Python loop). Run with ``python
+topologies (its 10-topology row is a Python loop); ``torchtree`` is its rescaled pruning
+(as ours), ``tt-noscale`` the one without rescaling (underflows beyond ~100 taxa). Run with ``python
 benchmarks/phylo_likelihood.py [--device cuda] [--repeats 20]``; one intra-op thread.
 """
 
@@ -43,13 +44,17 @@ def ours(tips, weights, children, lengths):
     return pruning_log_likelihood(tips, weights, children, trans, freqs)
 
 
-def torchtree_fn():
+def torchtree_fn(rescale: bool = True):
     try:
         from torchtree.evolution.tree_likelihood import (
-            calculate_treelikelihood_discrete_rescaled as rescaled,
+            calculate_treelikelihood_discrete,
+            calculate_treelikelihood_discrete_rescaled,
         )
     except ImportError:
         return None
+    pruning = (
+        calculate_treelikelihood_discrete_rescaled if rescale else calculate_treelikelihood_discrete
+    )
 
     def run(tips, weights, children, lengths):
         n = tips.shape[0]
@@ -64,7 +69,7 @@ def torchtree_fn():
             post = [(n + j, a, c) for j, (a, c) in enumerate(rows)]
             partials = list(tips) + [None] * (n - 1)
             m = mats[b] if children.dim() == 3 else mats
-            out.append(rescaled(partials, weights, post, m, freqs, props))
+            out.append(pruning(partials, weights, post, m, freqs, props))
         return torch.stack(out)
 
     return run
@@ -92,7 +97,7 @@ def main() -> None:
     impls = [("varinf", ours)]
     tt = torchtree_fn()
     if tt is not None:
-        impls.append(("torchtree", tt))
+        impls += [("torchtree", tt), ("tt-noscale", torchtree_fn(rescale=False))]
     print(f"DS1, JC69, float64, {device}, 1 thread; ms per call (ms per tree)")
     print(f"{'case':<15}{'impl':<11}{'loglik':>20}{'loglik+grad':>22}")
     for name, children, lengths in cases:
@@ -112,8 +117,8 @@ def main() -> None:
             k = len(lengths)
             f, g = timed(fwd, args.repeats, device), timed(grad, args.repeats, device)
             print(f"{name:<15}{impl:<11}{f:>10.3f} ({f / k:>6.3f}){g:>12.3f} ({g / k:>6.3f})")
-        if len(values) == 2:
-            assert torch.allclose(values[0], values[1], atol=1e-8), "implementations disagree"
+        for other in values[1:]:
+            assert torch.allclose(values[0], other, atol=1e-8), "implementations disagree"
     if tt is None:
         print("torchtree not installed: pip install -c constraints.txt torchtree")
 

@@ -124,7 +124,7 @@ class _Pruning(torch.autograd.Function):
             root = low[n - 2] if keep else None
         if keep:
             ctx.save_for_backward(trans_n, freqs, cat_w, tips, weights, lik, root)
-            ctx.sched, ctx.msg, ctx.low = sched, msg, low
+            ctx.sched, ctx.msg, ctx.low, ctx.every = sched, msg, low, every
         return out
 
     @staticmethod
@@ -137,7 +137,8 @@ class _Pruning(torch.autograd.Function):
         grad_cat = (root * root_coef * freqs[:, None, :, None]).sum((2, 3))
         g_root = cat_w[:, :, None, None] * freqs[:, None, :, None]
         if sched.shared:
-            grad_trans = _backward_shared(sched.rows, trans_n, tips, msg, low, coef, g_root)
+            args = (sched.rows, trans_n, tips, msg, low, coef, g_root)
+            grad_trans = _backward_shared(*args, every=ctx.every)
         else:
             grad_trans = _backward_batched(sched, trans_n, tips, msg, low, coef, g_root)
         return grad_trans, grad_freqs, grad_cat, None, None, None, None
@@ -173,15 +174,23 @@ def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
     return out, msg, low, lik, torch.minimum(scales.min(), lik.min())
 
 
-def _backward_shared(rows, trans_n, tips, msg, low, coef, g):
-    """Pre-order pass for one topology, per-node tensors, gradients written per edge."""
+def _backward_shared(rows, trans_n, tips, msg, low, coef, g, every=4):
+    """Pre-order pass for one topology, per-node tensors, gradients written per edge.
+
+    Outside partials are rescaled every ``every`` levels of depth; if a factor falls below
+    1e-200 or a gradient is not finite, the pass is redone rescaling at every node.
+    """
     n, n_pat = tips.shape[0], tips.shape[-1]
+    g_root = g
     grad_n = torch.empty_like(trans_n)
     outer = {}  # G of internal nodes, consumed by their own row
+    depth = {2 * n - 2: 0}
+    factors = []
     for j in range(n - 2, -1, -1):
         if j < n - 2:
             g = outer.pop(n + j)
         c = rows[j]
+        depth[c[0]] = depth[c[1]] = depth[n + j] + 1
         m = (msg[c[0]], msg[c[1]])  # not popped: backward may run more than once
         u = g * m[1]
         f = (coef / (u * m[0]).sum((1, 2)))[:, None, None, :]
@@ -191,11 +200,16 @@ def _backward_shared(rows, trans_n, tips, msg, low, coef, g):
                 u = g * m[0]
             if k >= n:
                 outer[k] = trans_n[k].transpose(-1, -2) @ u
-                _rescale_(outer[k])
+                if depth[k] % every == 0:
+                    factors.append(_rescale_(outer[k]))
                 torch.matmul(u.mul_(f), low[k].transpose(-1, -2), out=grad_n[k])
             else:
                 leaf = u.mul_(f).view(-1, n_pat) @ tips[k].transpose(-1, -2)
                 grad_n[k] = leaf.view(grad_n.shape[1:])
+    if every > 1 and (
+        (factors and torch.cat(factors).min() < _TINY_SCALE) or not torch.isfinite(grad_n).all()
+    ):
+        return _backward_shared(rows, trans_n, tips, msg, low, coef, g_root, every=1)
     return grad_n[: 2 * n - 3].transpose(0, 1)
 
 

@@ -206,6 +206,15 @@ def test_rescaling_prevents_underflow_on_many_taxa():
     assert torch.isfinite(every_node) and every_node < -5000  # far below float64's 1e-308
     assert sparse.item() == pytest.approx(every_node.item(), rel=1e-12)
     assert never.item() == pytest.approx(every_node.item(), rel=1e-12)  # detected and redone
+    # gradients on the deep tree: sparse rescaling (with its fallback) equals full rescaling
+    grads = []
+    for every in (1, 4):
+        x = lengths.clone().requires_grad_()
+        p = JC69().transition_matrices({}, x)[:, None]
+        pruning_log_likelihood(tips, weights, children, p, pi, rescale_every=every).backward()
+        grads.append(x.grad)
+    assert torch.isfinite(grads[0]).all()
+    assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-10)
     batched = pruning_log_likelihood(tips, weights, children.expand(2, -1, -1), trans, pi,
                                      rescale_every=10**6)  # fmt: skip
     assert torch.allclose(batched, every_node.expand(2), rtol=1e-12)
