@@ -1,0 +1,171 @@
+r"""Any `GradientEstimator` as a Pyro loss for an expectation $\mathbb{E}_{q}[f(b)]$.
+
+`ExpectationLoss` (estimator, $k$) estimates
+
+$$
+\nabla_\theta\, \mathbb{E}_{b \sim q_\theta}[f(b)]
+$$
+
+where $q_\theta$ is the guide's one discrete sample site and $f$ is read off the model:
+$f(b) = -\sum_{s \neq b} \log p(s \mid b)$, the negative log density of the model run with
+$b$ observed, **excluding the density of the site $b$ itself** (that site only names the
+variable; $q$ is the measure, and a prior term on $b$ would add $-\log p(b)$ to $f$). The
+natural way to write $f$ is ``pyro.factor("f", -f(b))``:
+
+```python
+def model():
+    b = pyro.sample("b", dist.Bernoulli(0.5).expand([3]).to_event(1))  # names b only
+    pyro.factor("f", -f(b))
+
+def guide():
+    eta = pyro.param("eta", torch.tensor(0.0))
+    pyro.sample("b", dist.Bernoulli(logits=eta).expand([3]).to_event(1))
+```
+
+Unlike `EstimatorELBO`, the objective has no entropy term $-\log q(b)$: its score
+$\nabla\log q$ would only add variance to an estimate of $\nabla\mathbb{E}_q[f]$. So
+``varinf.gradient_variance([ExpectationLoss(e, k) ...], model, guide)`` measures exactly the
+estimator's variance, as the functional ``estimator.surrogate(q, f, k)`` does.
+
+With ``vectorize=True`` (default) the model runs once, conditioned on all $k$ states stacked
+along a new leftmost dimension, so $f$ must broadcast over it (as ``pyro.factor`` of a
+vectorised function does); ``vectorize=False`` runs the model once per state. Relaxed
+estimators (`GumbelSoftmax`, `StraightThrough`, `RELAX`) condition the model on relaxed
+samples, which it must then accept (probabilities in $[0,1]$ for a Bernoulli, points of the
+simplex for a one-hot categorical): $f$ is evaluated by the model, never the site's density.
+For `RELAX` the loss calls `RELAX.backward`, so the control variate's parameters also receive
+their variance gradient (step an optimiser over ``relax.parameters()`` to train it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro.poutine as poutine
+import torch
+from pyro.infer import ELBO as PyroELBO
+from torch.distributions import Distribution
+
+from varinf.gradients.base import GradientEstimator, Surrogate
+from varinf.gradients.pyro_loss import _discrete_site
+from varinf.gradients.relax import RELAX
+
+
+class ExpectationLoss(PyroELBO):
+    r"""Loss $\hat{\mathbb{E}}_q[f]$ whose gradient is the estimator's (module docstring).
+
+    Args:
+        estimator: Any `GradientEstimator`, relaxed ones and `RELAX` included.
+        num_samples: $k$, the evaluations of $f$ per step (the cost read by
+            ``varinf.gradient_variance``).
+        vectorize: Evaluate the $k$ states in one model run (see the module docstring).
+
+    ``loss_and_grads`` accumulates the estimate of $\nabla\mathbb{E}_q[f]$ into ``.grad`` of
+    the guide's parameters (and of model parameters $f$ depends on) and returns the estimate
+    of $\mathbb{E}_q[f]$.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from varinf.gradients import UnorderedSet
+        >>> def model():
+        ...     b = pyro.sample("b", dist.Bernoulli(0.5).expand([2]).to_event(1))
+        ...     pyro.factor("f", -b.sum(-1))
+        >>> def guide():
+        ...     logits = pyro.param("logits", torch.zeros(2))
+        ...     pyro.sample("b", dist.Bernoulli(logits=logits).to_event(1))
+        >>> pyro.clear_param_store()
+        >>> ExpectationLoss(UnorderedSet(), 4).loss_and_grads(model, guide)  # all 4 states
+        1.0
+        >>> pyro.param("logits").unconstrained().grad  # exact: d/dl sigmoid(l) = 1/4
+        tensor([0.2500, 0.2500])
+    """
+
+    def __init__(
+        self, estimator: GradientEstimator, num_samples: int, *, vectorize: bool = True
+    ) -> None:
+        if not isinstance(estimator, GradientEstimator):
+            raise TypeError(
+                f"estimator must be a GradientEstimator, got {type(estimator).__name__}"
+            )
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+            raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
+        if num_samples < estimator.min_samples:
+            raise ValueError(
+                f"num_samples must be at least {estimator.min_samples} for "
+                f"{type(estimator).__name__}, got {num_samples}"
+            )
+        super().__init__(num_particles=num_samples)  # read as the cost by gradient_variance
+        self.estimator = estimator
+        self.num_samples = num_samples
+        self.vectorize = vectorize
+        self.name = f"expectation[{estimator.name}]"
+
+    def surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Surrogate:
+        r"""One estimate: value and surrogate of $\mathbb{E}_q[f]$ (scalars)."""
+        try:
+            name, dist = _discrete_site(guide, args, kwargs)
+        except ValueError as error:
+            raise ValueError(f"ExpectationLoss: {error}") from None
+        f = _read_f(model, name, dist, args, kwargs, self.vectorize)
+        return self.estimator.surrogate(dist, f, self.num_samples)
+
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.surrogate(model, guide, args, kwargs).value.item()
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
+        return self.surrogate(model, guide, args, kwargs).surrogate
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        with poutine.trace(param_only=True) as params:
+            out = self.surrogate(model, guide, args, kwargs)
+        if out.surrogate.requires_grad:
+            if isinstance(self.estimator, RELAX):
+                # theta's gradient, and the variance gradient of the control variate's phi
+                self.estimator.backward(out.surrogate, _unconstrained(params.trace))
+            else:
+                out.surrogate.backward()
+        return out.value.item()
+
+    def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - Pyro's hook, unused
+        raise NotImplementedError("ExpectationLoss traces the guide itself")
+
+
+def _read_f(
+    model: Callable, name: str, dist: Distribution, args: tuple, kwargs: dict, vectorize: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """$f$ on states ``(k, *event)`` -> ``(k,)``: minus the model's log density given $b$."""
+
+    def not_b(site_name: str, site: dict) -> bool:
+        return site_name != name
+
+    def f_once(states: torch.Tensor) -> torch.Tensor:
+        conditioned = poutine.condition(model, data={name: states})
+        trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
+        trace.compute_log_prob(site_filter=not_b)
+        total = torch.zeros(states.shape[: states.dim() - len(dist.event_shape)])
+        total = total.to(dtype=states.dtype, device=states.device)
+        for site_name, site in trace.nodes.items():
+            if site["type"] == "sample" and not_b(site_name, site):
+                total = total + _sum_to(site["log_prob"], total.dim())
+        return -total
+
+    if vectorize:
+        return f_once
+    return lambda states: torch.cat([f_once(state.unsqueeze(0)) for state in states])
+
+
+def _sum_to(log_prob: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Sum all but the leftmost ``ndim`` dimensions (the stacked states)."""
+    extra = log_prob.dim() - ndim
+    return log_prob.sum(tuple(range(ndim, log_prob.dim()))) if extra > 0 else log_prob
+
+
+def _unconstrained(trace) -> list[torch.Tensor]:
+    params = []
+    for site in trace.nodes.values():
+        if site["type"] == "param":
+            param = site["value"].unconstrained()
+            if param.requires_grad and all(param is not p for p in params):
+                params.append(param)
+    return params
