@@ -53,6 +53,37 @@ def test_compare_on_a_user_file(tmp_path, capsys):
     assert (tmp_path / "c.png").exists()
 
 
+def test_naive_monte_carlo_compares_beside_guided_estimators(tmp_path, capsys):
+    path = tmp_path / "user.py"
+    path.write_text(USER_MODEL)
+    argv = [
+        "compare",
+        f"{path}:model",
+        "--guide",
+        f"{path}:guide",
+        "--estimators",
+        "iwae",
+        "naive-mc",
+        "--repeats",
+        "3",
+    ]
+    assert main(argv) == 0
+    assert "naive-mc" in capsys.readouterr().out
+
+
+def test_model_and_guide_from_one_file_share_its_module_state(tmp_path):
+    from varinf.cli import load_callable
+
+    path = tmp_path / "random_user.py"
+    path.write_text(
+        "import torch\nDATA = torch.randn(3)\ndef model():\n    return DATA\n"
+        "def guide():\n    return DATA\n"
+    )
+    model = load_callable(f"{path}:model", "model")
+    guide = load_callable(f"{path}:guide", "--guide")
+    assert model() is guide()
+
+
 def test_compare_loads_bundled_class_methods(capsys):
     code = main(
         [
@@ -77,10 +108,7 @@ def test_compare_loads_bundled_class_methods(capsys):
         (["compare", "justaname"], "PATH.py:NAME"),
         (["compare", "{user}:missing", "--guide", "{user}:guide"], "no attribute 'missing'"),
         (["compare", "{user}:model"], "need a guide"),
-        (
-            ["compare", "{user}:model", "--guide", "{user}:guide", "--estimators", "naive-mc"],
-            "takes no guide",
-        ),
+        (["compare", "models/conjugate.py:ConjugateGaussian.model"], "takes no arguments"),
     ],
 )
 def test_clear_errors(tmp_path, capsys, argv, message):
@@ -92,8 +120,9 @@ def test_clear_errors(tmp_path, capsys, argv, message):
     assert message in err and "Traceback" not in err
 
 
-def test_bad_option_values_exit_with_usage(capsys):
+@pytest.mark.parametrize("argv", [["demo", "--repeats", "0"], ["--threads", "0", "demo"]])
+def test_bad_option_values_exit_with_usage(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--repeats", "0"])
+        main(argv)
     assert exit_info.value.code == 2
     assert "positive integer" in capsys.readouterr().err

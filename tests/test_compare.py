@@ -9,7 +9,7 @@ import torch
 
 from models.conjugate import ConjugateGaussian
 from tests.estimators.problems import perturbed_conjugate
-from varinf import ELBO, IWAE, SUMO, Estimate, compare, gradient_variance
+from varinf import ELBO, IWAE, SUMO, Estimate, NaiveMonteCarlo, compare, gradient_variance
 
 
 def test_table_statistics_match_the_estimates():
@@ -116,3 +116,40 @@ def test_gradient_variance_against_a_closed_form():
     assert table.loc["elbo(K=4)", "snr"] > table.loc["elbo(K=1)", "snr"]
     # parameters are left as they were
     assert torch.equal(pyro.param("mean_loc").detach(), torch.zeros(1, dtype=torch.float64))
+
+
+def test_a_seeded_estimator_still_gets_independent_repeats():
+    problem, guide = perturbed_conjugate()
+    result = compare([IWAE(5, seed=1)], problem.model, guide, repeats=5, progress=False)
+    assert len({e.value for e in result.estimates["iwae"]}) == 5
+
+
+def test_a_failing_estimator_keeps_the_others_and_says_why():
+    problem, guide = perturbed_conjugate()
+
+    class Broken(IWAE):
+        name = "broken"
+
+        def _estimate(self, *args):
+            raise FloatingPointError("the model log density is NaN")
+
+    result = compare(
+        [ELBO(3), Broken(3), NaiveMonteCarlo(100)], problem.model, guide, repeats=4, progress=False
+    )
+    assert len(result.estimates["elbo"]) == 4
+    assert len(result.estimates["naive-mc"]) == 4  # naive MC ignores the guide
+    assert "NaN" in result.failures["broken"]
+    assert "broken failed" in repr(result)
+    with pytest.raises(ValueError, match="every estimator failed"):
+        compare([Broken(3)], problem.model, guide, repeats=2, progress=False)
+
+
+def test_gradient_variance_counts_sumo_evaluations():
+    problem = ConjugateGaussian.example(num_data=4, dim=1)
+    problem.guide()
+    result = gradient_variance(
+        [SUMO(num_draws=2), IWAE(2)], problem.model, problem.guide, repeats=200, progress=False
+    )
+    # SUMO spends num_draws * (1 + E[J]) = 2 * 6.08 evaluations on average
+    assert result.costs["iwae"] == 2
+    assert 8 < result.costs["sumo"] < 20

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         default=1,
         help="torch intra-op threads (default 1: fastest and steadiest on small shared machines)",
     )
@@ -166,14 +166,12 @@ def run_compare(args: argparse.Namespace) -> int:
         "naive-mc": lambda: NaiveMonteCarlo(num_particles=args.particles),
     }
     estimators = [factories[name]() for name in args.estimators]
-    needs_guide = [e.name for e in estimators if e.requires_guide]
+    needs_guide = [e.name for e in estimators if e.requires_guide]  # naive-mc ignores the guide
     if guide is None and needs_guide:
         raise UsageError(
             f"{', '.join(needs_guide)} need a guide: pass --guide PATH.py:NAME "
             "or use --estimators naive-mc"
         )
-    if guide is not None and "naive-mc" in args.estimators:
-        raise UsageError("naive-mc samples the prior and takes no guide: drop --guide or naive-mc")
     try:
         result = compare(
             estimators, model, guide, repeats=args.repeats, truth=args.truth, seed=args.seed
@@ -188,32 +186,55 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def load_callable(spec: str, what: str):
-    """Load ``PATH.py:NAME`` (``NAME`` may be dotted; classes on the way are instantiated)."""
+    """Load ``PATH.py:NAME`` (``NAME`` may be dotted; classes on the way are instantiated with
+    no arguments). A file is imported once and a class instantiated once, so a model and its
+    guide from the same file share data and state."""
     path_text, sep, name = spec.rpartition(":")
     if not sep or not path_text or not name:
         raise UsageError(f"{what} must look like PATH.py:NAME, got {spec!r}")
-    path = Path(path_text)
-    if not path.is_file():
-        raise UsageError(f"{what}: no such file {path}")
-    module_spec = importlib.util.spec_from_file_location(f"_varinf_user_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = module  # dataclasses and pickling look modules up here
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as error:  # the user's file: report, don't crash with our traceback
-        raise UsageError(
-            f"{what}: importing {path} failed: {type(error).__name__}: {error}"
-        ) from error
-    obj = module
+    obj = _load_module(Path(path_text), what)
     for part in name.split("."):
         if not hasattr(obj, part):
-            raise UsageError(f"{what}: {path} has no attribute {part!r}")
+            raise UsageError(f"{what}: {path_text} has no attribute {part!r}")
         obj = getattr(obj, part)
         if isinstance(obj, type):
-            obj = obj()
+            obj = _instance(obj, what)
     if not callable(obj):
         raise UsageError(f"{what}: {spec} is not callable")
     return obj
+
+
+_MODULES: dict[Path, object] = {}
+_INSTANCES: dict[type, object] = {}
+
+
+def _load_module(path: Path, what: str):
+    if not path.is_file():
+        raise UsageError(f"{what}: no such file {path}")
+    key = path.resolve()
+    if key not in _MODULES:
+        module_spec = importlib.util.spec_from_file_location(f"_varinf_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module  # dataclasses and pickling look modules up here
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:  # the user's file: report, don't crash with our traceback
+            message = f"{what}: importing {path} failed: {type(error).__name__}: {error}"
+            raise UsageError(message) from error
+        _MODULES[key] = module
+    return _MODULES[key]
+
+
+def _instance(cls: type, what: str):
+    if cls not in _INSTANCES:
+        try:
+            _INSTANCES[cls] = cls()
+        except Exception as error:
+            raise UsageError(
+                f"{what}: {cls.__name__}() failed ({type(error).__name__}: {error}); name a "
+                "module-level model or a class that takes no arguments"
+            ) from error
+    return _INSTANCES[cls]
 
 
 if __name__ == "__main__":

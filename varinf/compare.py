@@ -8,6 +8,7 @@ an estimator would have at unit cost, so cheap noisy and expensive precise metho
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import warnings
@@ -35,6 +36,8 @@ class Comparison:
         estimates: ``{estimator label: [Estimate, ...]}`` (finished repeats only).
         truth: The known log evidence, if given.
         interrupted: Whether the run was stopped early (the finished repeats are kept).
+        failures: ``{estimator label: first error}`` for estimators whose repeats failed; an
+            estimator that fails on its first repeat is not retried.
     """
 
     estimates: dict[str, list[Estimate]]
@@ -119,7 +122,10 @@ class Comparison:
 
     def __repr__(self) -> str:
         status = " (interrupted)" if self.interrupted else ""
-        return f"Comparison{status}\n{self.table.to_string(float_format=lambda x: f'{x:.4g}')}"
+        text = f"Comparison{status}\n{self.table.to_string(float_format=lambda x: f'{x:.4g}')}"
+        for label, reason in self.failures.items():
+            text += f"\n{label} failed: {reason}"
+        return text
 
 
 def compare(
@@ -165,7 +171,7 @@ def compare(
     labels = _labels(estimators)
     comparison = Comparison({label: [] for label in labels}, truth=truth)
     jobs = [
-        (label, estimator, seed + i * SEED_STRIDE + r)
+        (label, _unseeded(estimator), seed + i * SEED_STRIDE + r)
         for i, (label, estimator) in enumerate(zip(labels, estimators, strict=True))
         for r in range(repeats)
     ]
@@ -176,27 +182,38 @@ def compare(
         leave=False,
         mininterval=0.5,
     )
+    futures = []
     try:
-        if executor is None:
-            for label, estimator, job_seed in jobs:
+        for label, estimator, job_seed in jobs:
+            job = (estimator, job_seed, model, guide if estimator.requires_guide else None)
+            if executor is None:
                 bar.set_postfix_str(label)
-                _collect(
-                    comparison, label, _run_one, estimator, job_seed, model, guide, args, kwargs
-                )
+                _collect(comparison, label, lambda job=job: _run_one(*job, args, kwargs))
                 bar.update()
-        else:
-            futures = [
-                (label, executor.submit(_run_one, estimator, job_seed, model, guide, args, kwargs))
-                for label, estimator, job_seed in jobs
-            ]
-            for label, future in futures:
-                _collect(comparison, label, future.result)
-                bar.update()
+            else:
+                futures.append((label, executor.submit(_run_one, *job, args, kwargs)))
+        for label, future in futures:
+            _collect(comparison, label, future.result)
+            bar.update()
     except KeyboardInterrupt:
         comparison.interrupted = True
+        for _, future in futures:
+            future.cancel()
     finally:
         bar.close()
+    if not any(comparison.estimates.values()):
+        raise ValueError(f"every estimator failed: {comparison.failures}")
     return comparison
+
+
+def _unseeded(estimator: Estimator) -> Estimator:
+    """A shallow copy without a fixed seed: compare() seeds each repeat itself (a fixed seed
+    would make every repeat the same number)."""
+    if getattr(estimator, "seed", None) is None:
+        return estimator
+    estimator = copy.copy(estimator)
+    estimator.seed = None
+    return estimator
 
 
 def _run_one(estimator, seed, model, guide, args, kwargs) -> Estimate:
@@ -204,13 +221,14 @@ def _run_one(estimator, seed, model, guide, args, kwargs) -> Estimate:
         return estimator.estimate(model, guide, *args, **kwargs)
 
 
-def _collect(comparison, label, fn, *args) -> None:
+def _collect(comparison: Comparison, label: str, fn: Callable[[], Estimate]) -> None:
+    """Add one repeat, or record why it failed and go on: a failure keeps the rest."""
+    if label in comparison.failures and not comparison.estimates[label]:
+        return  # failed on its first repeat: a set-up problem, don't repeat it
     try:
-        comparison.estimates[label].append(fn(*args))
-    except (FloatingPointError, ValueError) as error:
-        if not comparison.estimates[label] and label not in comparison.failures:
-            raise  # a first failure is a bug in the set-up, not bad luck: say so at once
-        comparison.failures[label] = f"{type(error).__name__}: {error}"
+        comparison.estimates[label].append(fn())
+    except (FloatingPointError, ValueError, TypeError, RuntimeError) as error:
+        comparison.failures.setdefault(label, f"{type(error).__name__}: {error}")
 
 
 def _check_compare_args(estimators, repeats, truth) -> None:
@@ -247,11 +265,13 @@ class GradientVariance:
 
     Attributes:
         gradients: ``{loss label: {param name: (repeats, *shape) tensor}}``.
-        costs: ``{loss label: model evaluations per gradient}``.
+        costs: ``{loss label: model evaluations per gradient}`` (measured for varinf losses).
+        interrupted: Whether the run was stopped early (finished repeats are kept).
     """
 
     gradients: dict[str, dict[str, torch.Tensor]]
     costs: dict[str, float]
+    interrupted: bool = False
 
     @property
     def per_parameter(self) -> pd.DataFrame:
@@ -321,16 +341,29 @@ def gradient_variance(
         leave=False,
         mininterval=0.5,
     )
-    for i, (label, loss) in enumerate(zip(labels, losses, strict=True)):
-        draws = []
-        for r in range(repeats):
-            with seeded(seed + i * SEED_STRIDE + r):
-                draws.append(_one_gradient(loss, model, guide, args, kwargs))
-            bar.update()
-        gradients[label] = {name: torch.stack([d[name] for d in draws]) for name in draws[0]}
-        costs[label] = float(getattr(loss, "num_particles", 1))
-    bar.close()
-    return GradientVariance(gradients, costs)
+    try:
+        for i, (label, loss) in enumerate(zip(labels, losses, strict=True)):
+            draws, spent = [], []
+            try:
+                for r in range(repeats):
+                    with seeded(seed + i * SEED_STRIDE + r):
+                        draws.append(_one_gradient(loss, model, guide, args, kwargs))
+                    # varinf losses record what they spent (SUMO's count is random)
+                    spent.append(getattr(loss, "last_num_evaluations", None))
+                    bar.update()
+            finally:
+                if len(draws) >= 2:  # keep what finished, even when interrupted
+                    gradients[label] = {n: torch.stack([d[n] for d in draws]) for n in draws[0]}
+                    known = [c for c in spent if c is not None]
+                    fallback = float(getattr(loss, "num_particles", 1))
+                    costs[label] = float(sum(known) / len(known)) if known else fallback
+    except KeyboardInterrupt:
+        interrupted = True
+    else:
+        interrupted = False
+    finally:
+        bar.close()
+    return GradientVariance(gradients, costs, interrupted=interrupted)
 
 
 def _one_gradient(loss, model, guide, args, kwargs) -> dict[str, torch.Tensor]:

@@ -149,7 +149,8 @@ def seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    # Fork every GPU's generator too: one initialised inside the block must not stay seeded.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield

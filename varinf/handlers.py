@@ -48,8 +48,7 @@ class QuasiMonteCarloMessenger(Messenger):
         seed = int(torch.randint(0, 2**62, ()).item())  # scrambling follows the torch seed
         engine = torch.quasirandom.SobolEngine(dimension, scramble=True, seed=seed)
         points = engine.draw(num_particles, dtype=torch.float64)
-        # Sobol points can be exactly 0, where inverse CDFs are -inf: nudge into (0, 1).
-        self.points = points.clamp(1e-12, 1 - 1e-12)
+        self.points = points
         self.num_particles = num_particles
         self.offset = 0
 
@@ -89,8 +88,12 @@ def count_dimensions(trace, num_particles: int) -> int:
 def quantile_sample(fn, u: torch.Tensor, name: str = "?") -> torch.Tensor:
     """Map uniforms ``u`` of shape ``(K, D_site)`` to a sample of ``fn`` by inverse CDFs."""
     shape = fn.batch_shape + fn.event_shape
-    u = u.to(dtype=_dtype(fn), device=_device(fn)).reshape(shape)
-    return _quantile(fn, u, name)
+    reference = _parameter(fn)
+    u = u.to(dtype=reference.dtype, device=reference.device).reshape(shape)
+    # Sobol points can be exactly 0, where inverse CDFs are infinite: keep them inside (0, 1)
+    # by the resolution of the sample's own dtype.
+    eps = torch.finfo(u.dtype).eps
+    return _quantile(fn, u.clamp(eps, 1 - eps), name)
 
 
 def _quantile(fn, u, name):
@@ -123,15 +126,12 @@ def _is_monotone(transform) -> bool:
     return transform.event_dim == 0 or isinstance(transform, transforms.IndependentTransform)
 
 
-def _dtype(fn):
+def _parameter(fn) -> torch.Tensor:
+    """A floating-point parameter of the innermost distribution: its dtype and device are the
+    sample's."""
+    while hasattr(fn, "base_dist"):  # Independent, TransformedDistribution
+        fn = fn.base_dist
     for value in vars(fn).values():
         if torch.is_tensor(value) and value.is_floating_point():
-            return value.dtype
-    return torch.get_default_dtype()
-
-
-def _device(fn):
-    for value in vars(fn).values():
-        if torch.is_tensor(value):
-            return value.device
-    return torch.device("cpu")
+            return value
+    return torch.zeros(())

@@ -16,6 +16,7 @@ which a score-function surrogate attaches, so estimators can build unbiased grad
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -165,7 +166,7 @@ def trace_log_weights(
             if site["type"] == "sample":
                 check_site_shape(site, max_plate_nesting + 1)
     frame = _datum_frame(model_trace, guide_trace) if per_datum else None
-    layout = _Layout(num_particles, max_plate_nesting + 1, frame)
+    layout = _Layout(num_particles, max_plate_nesting + 1, frame, _device(model_trace))
     log_p, _ = layout.sum_sites(model_trace)
     log_q, log_q_score = layout.sum_sites(guide_trace)
     log_q_stopped = None
@@ -220,9 +221,15 @@ def _stopped_guide_trace(guide, guide_trace, args, kwargs, num_particles, max_pl
     return trace
 
 
-def check_num_particles(num_particles: int, name: str = "num_particles") -> None:
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+def check_num_particles(num_particles: int, name: str = "num_particles") -> int:
+    """``num_particles`` as an int (NumPy integers accepted), or a ValueError naming it."""
+    try:
+        value = operator.index(num_particles) if not isinstance(num_particles, bool) else 0
+    except TypeError:
+        value = 0
+    if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {num_particles!r}")
+    return value
 
 
 def _latent_subtrace(trace: poutine.Trace) -> poutine.Trace:
@@ -254,6 +261,12 @@ def _check_supports_match(model_trace: poutine.Trace, guide_trace: poutine.Trace
     extra = sorted(guide_latents - set(model_trace.nodes))
     if extra:
         raise ValueError(f"the guide samples site(s) {extra} that the model does not have")
+    observed = sorted(guide_latents - model_latents)
+    if observed:
+        raise ValueError(
+            f"the guide samples site(s) {observed} that the model observes; remove them from "
+            "the guide (the model's observed value would silently replace the guide's sample)"
+        )
 
 
 def _check_values_in_support(model_trace: poutine.Trace) -> None:
@@ -270,6 +283,9 @@ def _check_values_in_support(model_trace: poutine.Trace) -> None:
         ):
             continue
         inside = support.check(site["value"])
+        mask = site["mask"]
+        if mask is not None:  # masked-out elements do not count, as in Pyro
+            inside = inside | ~torch.as_tensor(mask, device=inside.device)
         if not bool(inside.all()):
             raise ValueError(
                 f"the guide proposes values outside the support ({support}) of the model's "
@@ -301,15 +317,18 @@ def _datum_frame(model_trace: poutine.Trace, guide_trace: poutine.Trace):
 class _Layout:
     """Where the particle and datum dimensions sit in a site's (right-aligned) log density."""
 
-    def __init__(self, num_particles: int, rank: int, frame) -> None:
+    def __init__(self, num_particles: int, rank: int, frame, device: torch.device) -> None:
         self.rank = rank
         self.datum_dim = None if frame is None else rank + frame.dim
         self.datum_scale = 1.0 if frame is None else (frame.full_size or frame.size) / frame.size
         self.shape = (num_particles,) + (() if frame is None else (frame.size,))
+        self.device = device
 
     def sum_sites(self, trace: poutine.Trace) -> tuple[torch.Tensor, torch.Tensor]:
-        """Total log density of the trace and its non-reparameterised part, shape ``self.shape``."""
-        total = score = torch.zeros(())
+        """Total log density of the trace and its non-reparameterised part, shape ``self.shape``,
+        accumulated in float64 (a float32 sum over many data drowns the differences between
+        particles in rounding error)."""
+        total = score = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
         for site in trace.nodes.values():
             if site["type"] != "sample":
                 continue
@@ -317,17 +336,27 @@ class _Layout:
             total = total + log_prob
             if not site["is_observed"] and not site["fn"].has_rsample:
                 score = score + log_prob
-        return total.expand(self.shape), score.expand(self.shape)
+        return total, score
 
     def _reduce(self, site: dict) -> torch.Tensor:
         # Per-datum terms are left unscaled by subsampling: bounds apply it after averaging.
         scale = site["scale"] / self.datum_scale
-        log_prob = site["unscaled_log_prob"] * scale
-        if site["mask"] is not None:
-            log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
+        log_prob = site["unscaled_log_prob"].double() * scale
+        mask = site["mask"]
+        if isinstance(mask, bool):  # poutine.mask(mask=True/False)
+            log_prob = log_prob if mask else torch.zeros_like(log_prob)
+        elif mask is not None:
+            log_prob = torch.where(mask, log_prob, log_prob.new_zeros(()))
         log_prob = log_prob.reshape((1,) * (self.rank - log_prob.dim()) + log_prob.shape)
         summed = [d for d in range(self.rank) if d not in (0, self.datum_dim)]
         return log_prob.sum(summed) if summed else log_prob  # sum([]) would sum everything
+
+
+def _device(trace: poutine.Trace) -> torch.device:
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and torch.is_tensor(site["value"]):
+            return site["value"].device
+    return torch.device("cpu")
 
 
 def _check_finite(log_density: torch.Tensor, which: str) -> None:

@@ -107,3 +107,22 @@ def test_dreg_refuses_discrete_guides():
 
     with pytest.raises(ValueError, match="reparameterised"):
         IWAE(3, gradient="dreg").differentiable_loss(model, guide)
+
+
+def test_guide_sampling_a_site_the_model_observes():
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=torch.tensor(0.5))
+
+    def guide():
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="model observes"):
+        IWAE(10).estimate(model, guide)
+
+
+def test_numpy_integers_are_accepted_as_counts():
+    import numpy as np
+
+    assert IWAE(np.int64(5)).num_particles == 5

@@ -64,8 +64,8 @@ def test_bounds_are_ordered_in_expectation():
         gap = draws[high] - draws[low]  # paired: same samples, so the gap's sem is small
         assert gap.mean() > 4 * gap.std() / math.sqrt(repeats)
     truth = toy.log_evidence
-    assert draws["iwae10"].mean() + 4 * draws["iwae10"].std() / math.sqrt(repeats) < truth + 0.1
-    assert draws["iwae10"].mean() < truth
+    sem = draws["iwae10"].std() / math.sqrt(repeats)
+    assert draws["iwae10"].mean() + 4 * sem < truth  # still a bound: the gap is ~0.04 here
 
 
 def test_sumo_note_elbo_matches_quadrature_and_iwae5_matches_note():
@@ -149,3 +149,46 @@ def test_subsampled_plate_scales_per_datum_bound():
     observed = half.model_trace.nodes["x"]["value"]  # the subsampled data
     expected = 2.0 * marginal.log_prob(observed).sum().item()
     assert half.datum_scale * iwae(half.log_weights).item() == pytest.approx(expected, abs=1e-8)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_boolean_masks_as_pyro_handles_them(keep):
+    problem = LocalGaussian.example()
+    masked_model = pyro.poutine.mask(problem.model, mask=keep)
+    result = IWAE(10).estimate(masked_model, problem.exact_guide)
+    # masked out, the model's densities vanish: log w = -log q, whose mean is the entropy
+    reference = IWAE(10, seed=0).estimate(problem.model, problem.exact_guide).value
+    if keep:
+        assert result.value == pytest.approx(reference, abs=1e-8)
+    else:
+        assert result.value != pytest.approx(reference, abs=1.0)
+        assert math.isfinite(result.value)
+
+
+def test_float32_models_are_accumulated_in_float64():
+    """200,000 float32 terms: summed in float32 the particles differ by rounding noise
+    (~0.03); in float64 the weights keep their true spread."""
+    data = torch.linspace(-1, 1, 200000)
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=data)
+
+    def guide():
+        pyro.sample("mu", dist.Normal(0.0, 1e-4))
+
+    weights = trace_log_weights(model, guide, (), {}, num_particles=4, per_datum=False)
+    assert weights.log_weights.dtype == torch.float64
+    mu = weights.guide_trace.nodes["mu"]["value"].double().reshape(-1)
+    exact = (
+        dist.Normal(0.0, 1.0).log_prob(mu)
+        + dist.Normal(mu[:, None], 1.0).log_prob(data.double()).sum(-1)
+        - dist.Normal(0.0, 1e-4).log_prob(mu)
+    )
+    error = weights.log_weights - exact
+    # Each float32 datum term rounds its constant -log(2 pi)/2 the same way (~2.4e-8 x 2e5
+    # terms = 5e-3 in all), but what separates the particles survives to ~2e-5 (float32
+    # accumulation garbles it at the 3e-2 level).
+    assert error.abs().max() < 5e-3
+    assert (error - error.mean()).abs().max() < 1e-4

@@ -63,7 +63,7 @@ class ParticleObjective(Estimator, PyroELBO):
         sampler: str = "iid",
         seed: int | None = None,
     ) -> None:
-        check_num_particles(num_particles)
+        num_particles = check_num_particles(num_particles)
         check_sampler(sampler)
         Estimator.__init__(self, seed=seed)
         PyroELBO.__init__(self, num_particles=num_particles, vectorize_particles=True)
@@ -82,7 +82,7 @@ class ParticleObjective(Estimator, PyroELBO):
     def log_weights(
         self, model: Callable, guide: Callable | None, args: tuple, kwargs: dict
     ) -> LogWeights:
-        return trace_log_weights(
+        weights = trace_log_weights(
             model,
             guide,
             args,
@@ -92,6 +92,8 @@ class ParticleObjective(Estimator, PyroELBO):
             sampler=self.sampler,
             **self.trace_options(),
         )
+        self.last_num_evaluations = weights.num_particles  # read by gradient_variance
+        return weights
 
     def trace_options(self) -> dict:
         """Extra keyword arguments for `varinf.weights.trace_log_weights`."""
@@ -137,10 +139,17 @@ class ParticleObjective(Estimator, PyroELBO):
     ) -> torch.Tensor:
         """$-\\mathcal{L}$ with the estimator's gradient w.r.t. model and guide parameters.
 
-        For objectives with a separate guide surrogate (DReG, variance-minimising encoder),
-        this is the plain surrogate; `loss_and_grads` applies the split gradients.
+        Raises:
+            ValueError: for objectives whose guide follows its own surrogate (DReG, SUMO's
+                variance-minimising guide): one tensor cannot carry two gradients, so use
+                `loss_and_grads` (which ``SVI`` calls) instead.
         """
         result = self.objective(self.log_weights(model, guide, args, kwargs))
+        if result.guide_surrogate is not None:
+            raise ValueError(
+                f"{type(self).__name__} trains the guide on a separate objective, which one "
+                "differentiable tensor cannot express; use loss_and_grads (pyro.infer.SVI does)"
+            )
         return _with_value(-result.surrogate, -result.value)
 
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:

@@ -130,9 +130,9 @@ class SUMO(ParticleObjective):
         guide_objective: str = "variance",
         **options,
     ) -> None:
-        check_num_particles(num_draws, "num_draws")
-        check_num_particles(min_terms, "min_terms")
-        check_num_particles(cutoff, "cutoff")
+        num_draws = check_num_particles(num_draws, "num_draws")
+        min_terms = check_num_particles(min_terms, "min_terms")
+        cutoff = check_num_particles(cutoff, "cutoff")
         if not 0.0 < tail < 1.0:
             raise ValueError(f"tail must lie in (0, 1), got {tail!r}")
         if guide_objective not in ("value", "variance"):
@@ -186,16 +186,17 @@ class SUMO(ParticleObjective):
 
         Without it the gradient carries the noise term $2 \log p(x) \nabla \mathrm{SUMO}$, huge
         when $|\log p(x)|$ is. We use the leave-one-out mean of the other draws, or with one
-        draw a moving average of past steps.
+        draw a moving average of past steps (a scalar: the mean SUMO per datum).
         """
         estimates = estimates.detach()
         num_draws = len(estimates)
         if num_draws > 1:
             return (estimates.sum(0, keepdim=True) - estimates) / (num_draws - 1)
+        # One number, the mean per datum: minibatches change size and order between steps.
         previous = self._moving_average
-        current = estimates.mean(0)
+        current = estimates.mean().item()
         self._moving_average = current if previous is None else 0.9 * previous + 0.1 * current
-        return torch.zeros_like(current) if previous is None else previous
+        return estimates.new_tensor(0.0 if previous is None else previous)
 
     def summarize(self, weights):
         estimates, _ = self._draws(weights)
