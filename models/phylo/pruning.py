@@ -1,0 +1,223 @@
+r"""The pruning pass and its analytic gradient (the kernel behind `pruning_log_likelihood`).
+
+Inputs are flattened to one batch dimension ``N``: transition matrices ``(N, 2n-3, C, 4, 4)``,
+frequencies ``(N, 4)``, category weights ``(N, C)``, tip partials ``(n, 4, P)``, pattern weights
+``(P,)`` and either one shared ``(n-1, 2)`` topology or ``(N, n-1, 2)`` topologies.
+
+Two paths. With one topology (particles), each node is its own ``(N, C, 4, P)`` tensor, freed
+(or kept for the gradient) as soon as its parent is done: a small working set and no page
+faults from huge buffers. With a topology per batch element, node-major buffers
+``(nodes, N, C, 4, P)`` are gathered by index at each step. Partials are rescaled every
+``every`` steps; values only shrink in between, so underflow shows as a factor below 1e-200 and
+the pass is redone rescaling at every node.
+
+The backward pass is the pre-order recursion of `models.phylo.likelihood` (Ji et al. 2020),
+written by hand because autograd through in-place buffers costs :math:`O(n^2)` memory traffic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_TINY_SCALE = 1e-200  # below this, partials were rescaled too rarely: redo every step
+
+
+def _rescale_(x: Tensor) -> Tensor:
+    """Divide ``x`` (N, C, 4, P) in place by its max over C and states; return the factors."""
+    s = x.amax(dim=(1, 2), keepdim=True).clamp_min_(torch.finfo(x.dtype).tiny)
+    x.div_(s)
+    return s[:, 0, 0]
+
+
+class _Schedule:
+    """Row-wise gathers from node-major buffers ``(nodes, N, ...)`` and parent positions."""
+
+    def __init__(self, children: Tensor, n_batch: int) -> None:
+        self.shared = children.dim() == 2
+        if self.shared:  # one topology: plain slices, no index tensors
+            self.rows = children.tolist()
+            return
+        m = children.shape[-2]
+        ar = torch.arange(n_batch, device=children.device)
+        self.idx = (children * n_batch + ar[:, None, None]).permute(1, 2, 0).contiguous()
+        # position (2 * row + side) of every node in its parent's row, per tree
+        slots = torch.arange(2 * m, device=children.device).expand(n_batch, 2 * m)
+        pos = torch.zeros(n_batch, 2 * m + 1, dtype=torch.long, device=children.device)
+        pos.scatter_(1, children.reshape(n_batch, 2 * m), slots)
+        self.slot = (pos * n_batch + ar[:, None]).T.contiguous()  # (nodes, N) into (2m*N)
+        self.row = ((pos // 2) * n_batch + ar[:, None]).T.contiguous()  # into (m*N)
+
+    def take(self, buf: Tensor, j: int, side: int) -> Tensor:
+        if self.shared:
+            return buf[self.rows[j][side]]
+        return buf.flatten(0, 1).index_select(0, self.idx[j, side])
+
+
+def _forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low):
+    """Pruning for a different topology per batch element: node-major buffers, gathers."""
+    n = tips.shape[0]
+    msg = trans_n.new_empty(2 * n - 2, *trans_n.shape[1:3], 4, tips.shape[-1])
+    # leaves: one (N*C*4, 4) @ (4, P) product per leaf, batched over the leaves
+    torch.bmm(trans_n[:n].flatten(1, 3), tips, out=msg[:n].view(n, -1, tips.shape[-1]))
+    scales, pairs = [], []
+    for j in range(n - 1):
+        part = low[j] if low.shape[0] > 1 else low[0]
+        pair = (sched.take(msg, j, 0), sched.take(msg, j, 1))
+        if low.shape[0] > 1:  # keep the gathered children for the backward pass
+            pairs.append(pair)
+        torch.mul(*pair, out=part)
+        if j % every == every - 1 or j == n - 2:
+            scales.append(_rescale_(part))
+        if j < n - 2:
+            torch.matmul(trans_n[n + j], part, out=msg[n + j])
+    site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, P)
+    lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
+    scales = torch.stack(scales)
+    out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
+    return out, pairs, lik, torch.minimum(scales.min(), lik.min())
+
+
+class Pruning(torch.autograd.Function):
+    # Buffers are node-major, (nodes, N, C, 4, P): states before patterns, so that each step's
+    # matrix product is a batch of (4, 4) @ (4, P).
+    @staticmethod
+    def forward(ctx, trans, freqs, cat_w, tips, weights, children, every):
+        n_batch, _, n_cat = trans.shape[:3]
+        n, n_pat = tips.shape[0], tips.shape[2]
+        eye = torch.eye(4, dtype=trans.dtype, device=trans.device)
+        # (2n-2, N, C, 4, 4) with the identity on the zero-length edge above node 2n-3
+        trans_n = torch.cat([trans, eye.expand(n_batch, 1, n_cat, 4, 4)], 1)
+        trans_n = trans_n.transpose(0, 1).contiguous()
+        sched = _Schedule(children, n_batch)
+        keep = any(ctx.needs_input_grad[:3])
+        if sched.shared:
+            args = (trans_n, tips, sched.rows, freqs, cat_w, weights)
+            out, msg, low, lik, smallest = _forward_shared(*args, every, keep)
+            if every > 1 and smallest < _TINY_SCALE:
+                out, msg, low, lik, _ = _forward_shared(*args, 1, keep)
+            root = low[2 * n - 2] if keep else None
+        else:
+            low = trans.new_empty(n - 1 if keep else 1, n_batch, n_cat, 4, n_pat)
+            args = (trans_n, tips, sched, freqs, cat_w, weights)
+            out, msg, lik, smallest = _forward_batched(*args, every, low)
+            if every > 1 and smallest < _TINY_SCALE:
+                out, msg, lik, _ = _forward_batched(*args, 1, low)
+            root = low[n - 2] if keep else None
+        if keep:
+            ctx.save_for_backward(trans_n, freqs, cat_w, tips, weights, lik, root)
+            ctx.sched, ctx.msg, ctx.low, ctx.every = sched, msg, low, every
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        trans_n, freqs, cat_w, tips, weights, lik, root = ctx.saved_tensors
+        sched, msg, low = ctx.sched, ctx.msg, ctx.low
+        coef = grad[:, None] * weights  # d out / d log L_p
+        root_coef = (coef / lik)[:, None, None, :]
+        grad_freqs = (root * root_coef * cat_w[:, :, None, None]).sum((1, 3))
+        grad_cat = (root * root_coef * freqs[:, None, :, None]).sum((2, 3))
+        g_root = cat_w[:, :, None, None] * freqs[:, None, :, None]
+        if sched.shared:
+            args = (sched.rows, trans_n, tips, msg, low, coef, g_root)
+            grad_trans = _backward_shared(*args, every=ctx.every)
+        else:
+            grad_trans = _backward_batched(sched, trans_n, tips, msg, low, coef, g_root)
+        return grad_trans, grad_freqs, grad_cat, None, None, None, None
+
+
+def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
+    """Pruning for one topology with a tensor per node, freed (or kept for the gradient)
+    as soon as its parent is done: small working set, no page faults from huge buffers."""
+    n, n_pat = tips.shape[0], tips.shape[-1]
+    shape = (*trans_n.shape[1:3], 4, n_pat)
+    low, msg, scales = {}, {}, []
+
+    def message(c: int) -> Tensor:
+        if c < n:  # one (N*C*4, 4) @ (4, P) product
+            m = (trans_n[c].reshape(-1, 4) @ tips[c]).view(shape)
+        else:
+            x = low[c] if keep else low.pop(c)
+            m = x if c == 2 * n - 3 else trans_n[c] @ x  # zero-length edge above 2n-3
+        if keep:
+            msg[c] = m
+        return m
+
+    for j, (c0, c1) in enumerate(rows):
+        first, second = message(c0), message(c1)
+        part = first * second if keep or c0 == 2 * n - 3 else first.mul_(second)
+        if j % every == every - 1 or j == n - 2:
+            scales.append(_rescale_(part))
+        low[n + j] = part
+    site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, P)
+    lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
+    scales = torch.stack(scales)
+    out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
+    return out, msg, low, lik, torch.minimum(scales.min(), lik.min())
+
+
+def _backward_shared(rows, trans_n, tips, msg, low, coef, g, every=4):
+    """Pre-order pass for one topology, per-node tensors, gradients written per edge.
+
+    Outside partials are rescaled every ``every`` levels of depth; if a factor falls below
+    1e-200 or a gradient is not finite, the pass is redone rescaling at every node.
+    """
+    n, n_pat = tips.shape[0], tips.shape[-1]
+    g_root = g
+    grad_n = torch.empty_like(trans_n)
+    outer = {}  # G of internal nodes, consumed by their own row
+    depth = {2 * n - 2: 0}
+    factors = []
+    for j in range(n - 2, -1, -1):
+        if j < n - 2:
+            g = outer.pop(n + j)
+        c = rows[j]
+        depth[c[0]] = depth[c[1]] = depth[n + j] + 1
+        m = (msg[c[0]], msg[c[1]])  # not popped: backward may run more than once
+        u = g * m[1]
+        f = (coef / (u * m[0]).sum((1, 2)))[:, None, None, :]
+        for side in (0, 1):
+            k = c[side]
+            if side == 1:
+                u = g * m[0]
+            if k >= n:
+                outer[k] = trans_n[k].transpose(-1, -2) @ u
+                if depth[k] % every == 0:
+                    factors.append(_rescale_(outer[k]))
+                torch.matmul(u.mul_(f), low[k].transpose(-1, -2), out=grad_n[k])
+            else:
+                leaf = u.mul_(f).view(-1, n_pat) @ tips[k].transpose(-1, -2)
+                grad_n[k] = leaf.view(grad_n.shape[1:])
+    if every > 1 and (
+        (factors and torch.cat(factors).min() < _TINY_SCALE) or not torch.isfinite(grad_n).all()
+    ):
+        return _backward_shared(rows, trans_n, tips, msg, low, coef, g_root, every=1)
+    return grad_n[: 2 * n - 3].transpose(0, 1)
+
+
+def _backward_batched(sched, trans_n, tips, msg, low, coef, g):
+    """Pre-order pass for a different topology per batch element (gathers by index);
+    ``msg[j]`` holds the two children's messages of row ``j``, gathered in the forward pass."""
+    n = tips.shape[0]
+    # outside partials of each row's two children, and dlogL_p/dL_p per row
+    upper = low.new_empty(n - 1, 2, *low.shape[1:])
+    factor = coef.new_empty(n - 1, *coef.shape)
+    flat_upper = upper.flatten(0, 2)
+    for j in range(n - 2, -1, -1):
+        if j < n - 2:
+            u_v = flat_upper.index_select(0, sched.slot[n + j])
+            g = trans_n[n + j].transpose(-1, -2) @ u_v
+            _rescale_(g)
+        m0, m1 = msg[j]
+        torch.mul(g, m1, out=upper[j, 0])
+        torch.mul(g, m0, out=upper[j, 1])
+        factor[j] = coef / (upper[j, 0] * m0).sum((1, 2))
+    # every edge at once: d out / d P_k = sum_p f_p U_k L_k^T
+    edges = 2 * n - 3
+    u = flat_upper.index_select(0, sched.slot[:edges].flatten()).unflatten(0, (edges, -1))
+    f = factor.flatten(0, 1).index_select(0, sched.row[:edges].flatten())
+    u.mul_(f.unflatten(0, (edges, -1))[:, :, None, None, :])
+    grad_leaf = torch.bmm(u[:n].flatten(1, 3), tips.transpose(-1, -2))
+    grad_leaf = grad_leaf.view(n, *u.shape[1:3], 4, 4)
+    grad_inner = u[n:] @ low[: n - 3].transpose(-1, -2)
+    return torch.cat([grad_leaf, grad_inner]).transpose(0, 1)
