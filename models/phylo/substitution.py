@@ -57,10 +57,10 @@ class SubstitutionModel:
 
     def transition_matrices(self, p: dict[str, Tensor], t: Tensor) -> Tensor:
         r""":math:`P(t)` of shape ``(..., M, 4, 4)`` for times ``t`` of shape ``(..., M)``."""
-        q = self.rate_matrix(p)
+        q = self.rate_matrix(p).to(t)  # fixed parameters live on the CPU until used
         if q.requires_grad:
             return torch.linalg.matrix_exp(q[..., None, :, :] * t[..., None, None])
-        left, lam, right = _eigen(q, self.frequencies(p))
+        left, lam, right = _eigen(q, self.frequencies(p).to(t))
         expl = torch.exp(lam[..., None, :] * t[..., None])  # (..., M, 4)
         return (left[..., None, :, :] * expl[..., None, :]) @ right[..., None, :, :]
 
