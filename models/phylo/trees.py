@@ -8,6 +8,7 @@ weights (``[&W p]``) and the leading probabilities of credible-set files
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from collections.abc import Sequence
@@ -72,7 +73,8 @@ def read_trees(
 
     Args:
         path: Newick (one or more trees; lines ``p<TAB>newick`` give weights), NEXUS with or
-            without a ``translate`` block, MrBayes ``.t`` and ``.trprobs``.
+            without a ``translate`` block, MrBayes ``.t`` and ``.trprobs``; gzipped if the
+            name ends in ``.gz`` (e.g. IQ-TREE ``.ufboot`` sets).
         taxa: the alignment's taxa; each tree must have exactly these leaves. If omitted, the
             file's own taxa are used, in the order in which the file declares them.
         format: ``"newick"`` or ``"nexus"``; guessed from a ``#NEXUS`` header if omitted.
@@ -84,11 +86,13 @@ def read_trees(
     import dendropy
 
     source = os.fspath(path)
+    opener = gzip.open if source.endswith(".gz") else open
     try:
-        with open(source, encoding="utf-8", errors="replace") as handle:
+        with opener(source, "rt", encoding="utf-8", errors="replace") as handle:
             text = handle.read()
-    except OSError as err:
-        raise PhyloFormatError(f"{source}: cannot read trees ({err.strerror})") from err
+    except (OSError, EOFError) as err:  # gzip raises both for damaged archives
+        reason = getattr(err, "strerror", None) or err
+        raise PhyloFormatError(f"{source}: cannot read trees ({reason})") from err
     if not text.strip():
         raise PhyloFormatError(f"{source}: no trees found (empty file)")
     fmt = format or ("nexus" if text.lstrip().upper().startswith("#NEXUS") else "newick")

@@ -70,6 +70,18 @@ def test_rooted_input_is_unrooted(tmp_path):
     assert torch.allclose(rooted.lengths, unrooted.lengths)
 
 
+def test_gzipped_trees(tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "t.nwk.gz", "wt") as handle:
+        handle.write("((a,b),c,d);\n((a,c),b,d);\n")
+    trees = read_trees(tmp_path / "t.nwk.gz", taxa="abcd")
+    assert len(trees) == 2 and not trees[0].same_topology(trees[1])
+    (tmp_path / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(PhyloFormatError, match="bad.gz: cannot read trees"):
+        read_trees(tmp_path / "bad.gz")
+
+
 def test_unreadable(tmp_path):
     with pytest.raises(PhyloFormatError, match="cannot read trees"):
         read_trees(tmp_path / "missing.nwk")
