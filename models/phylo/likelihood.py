@@ -20,9 +20,11 @@ Gradients are analytic: a pre-order pass computes the outside partials
 .. math:: \frac{\partial \log L_p}{\partial (P_k)_{c,ij}} = \frac{U_{k,c,i} L_{k,c,j}}
           {\sum_{c,i} U_{k,c,i} (P_k L_k)_{c,i}},
 
-where the denominator equals :math:`L_p` up to the rescaling factors, which cancel (Ji et al.
-2020, "Gradients do grow on trees"). Autograd carries these to branch lengths and substitution
-parameters.
+where the denominator equals :math:`L_p` up to the rescaling factors (Ji et al. 2020,
+"Gradients do grow on trees"). Starting from :math:`G_{\text{root}} = w_c\pi\,/\tilde L_p`
+and dividing each outside partial by its node's forward rescaling factor makes every
+denominator one, so the pass needs neither normalisation nor rescaling of its own. Autograd
+carries these gradients to branch lengths and substitution parameters.
 """
 
 from __future__ import annotations

@@ -46,7 +46,6 @@ class _Schedule:
         pos = torch.zeros(n_batch, 2 * m + 1, dtype=torch.long, device=children.device)
         pos.scatter_(1, children.reshape(n_batch, 2 * m), slots)
         self.slot = (pos * n_batch + ar[:, None]).T.contiguous()  # (nodes, N) into (2m*N)
-        self.row = ((pos // 2) * n_batch + ar[:, None]).T.contiguous()  # into (m*N)
 
     def take(self, buf: Tensor, j: int, side: int) -> Tensor:
         if self.shared:
@@ -60,7 +59,7 @@ def _forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low):
     msg = trans_n.new_empty(2 * n - 2, *trans_n.shape[1:3], 4, tips.shape[-1])
     # leaves: one (N*C*4, 4) @ (4, P) product per leaf, batched over the leaves
     torch.bmm(trans_n[:n].flatten(1, 3), tips, out=msg[:n].view(n, -1, tips.shape[-1]))
-    scales, pairs = [], []
+    scales, pairs, factor = [], [], {}
     for j in range(n - 1):
         part = low[j] if low.shape[0] > 1 else low[0]
         pair = (sched.take(msg, j, 0), sched.take(msg, j, 1))
@@ -69,13 +68,14 @@ def _forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low):
         torch.mul(*pair, out=part)
         if j % every == every - 1 or j == n - 2:
             scales.append(_rescale_(part))
+            factor[j] = scales[-1]
         if j < n - 2:
             torch.matmul(trans_n[n + j], part, out=msg[n + j])
     site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, P)
     lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
     scales = torch.stack(scales)
     out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
-    return out, pairs, lik, torch.minimum(scales.min(), lik.min())
+    return out, (pairs, factor), lik, torch.minimum(scales.min(), lik.min())
 
 
 class Pruning(torch.autograd.Function):
@@ -93,36 +93,36 @@ class Pruning(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[:3])
         if sched.shared:
             args = (trans_n, tips, sched.rows, freqs, cat_w, weights)
-            out, msg, low, lik, smallest = _forward_shared(*args, every, keep)
+            out, state, lik, smallest = _forward_shared(*args, every, keep)
             if every > 1 and smallest < _TINY_SCALE:
-                out, msg, low, lik, _ = _forward_shared(*args, 1, keep)
-            root = low[2 * n - 2] if keep else None
+                out, state, lik, _ = _forward_shared(*args, 1, keep)
+            root = state[1][2 * n - 2] if keep else None
         else:
             low = trans.new_empty(n - 1 if keep else 1, n_batch, n_cat, 4, n_pat)
             args = (trans_n, tips, sched, freqs, cat_w, weights)
-            out, msg, lik, smallest = _forward_batched(*args, every, low)
+            out, state, lik, smallest = _forward_batched(*args, every, low)
             if every > 1 and smallest < _TINY_SCALE:
-                out, msg, lik, _ = _forward_batched(*args, 1, low)
+                out, state, lik, _ = _forward_batched(*args, 1, low)
+            state = (state[0], low, state[1])
             root = low[n - 2] if keep else None
         if keep:
             ctx.save_for_backward(trans_n, freqs, cat_w, tips, weights, lik, root)
-            ctx.sched, ctx.msg, ctx.low, ctx.every = sched, msg, low, every
+            ctx.sched, ctx.state = sched, state
         return out
 
     @staticmethod
     def backward(ctx, grad):
         trans_n, freqs, cat_w, tips, weights, lik, root = ctx.saved_tensors
-        sched, msg, low = ctx.sched, ctx.msg, ctx.low
+        sched = ctx.sched
         coef = grad[:, None] * weights  # d out / d log L_p
         root_coef = (coef / lik)[:, None, None, :]
         grad_freqs = (root * root_coef * cat_w[:, :, None, None]).sum((1, 3))
         grad_cat = (root * root_coef * freqs[:, None, :, None]).sum((2, 3))
         g_root = cat_w[:, :, None, None] * freqs[:, None, :, None]
         if sched.shared:
-            args = (sched.rows, trans_n, tips, msg, low, coef, g_root)
-            grad_trans = _backward_shared(*args, every=ctx.every)
+            grad_trans = _backward_shared(sched.rows, trans_n, tips, *ctx.state, g_root * root_coef)
         else:
-            grad_trans = _backward_batched(sched, trans_n, tips, msg, low, coef, g_root)
+            grad_trans = _backward_batched(sched, trans_n, tips, *ctx.state, g_root * root_coef)
         return grad_trans, grad_freqs, grad_cat, None, None, None, None
 
 
@@ -131,7 +131,7 @@ def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
     as soon as its parent is done: small working set, no page faults from huge buffers."""
     n, n_pat = tips.shape[0], tips.shape[-1]
     shape = (*trans_n.shape[1:3], 4, n_pat)
-    low, msg, scales = {}, {}, []
+    low, msg, scales, factor = {}, {}, [], {}
 
     def message(c: int) -> Tensor:
         if c < n:  # one (N*C*4, 4) @ (4, P) product
@@ -148,75 +148,69 @@ def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
         part = first * second if keep or c0 == 2 * n - 3 else first.mul_(second)
         if j % every == every - 1 or j == n - 2:
             scales.append(_rescale_(part))
+            if keep:
+                factor[n + j] = scales[-1]
         low[n + j] = part
     site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, P)
     lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
     scales = torch.stack(scales)
     out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
-    return out, msg, low, lik, torch.minimum(scales.min(), lik.min())
+    return out, (msg, low, factor), lik, torch.minimum(scales.min(), lik.min())
 
 
-def _backward_shared(rows, trans_n, tips, msg, low, coef, g, every=4):
-    """Pre-order pass for one topology, per-node tensors, gradients written per edge.
+def _backward_shared(rows, trans_n, tips, msg, low, factor, g):
+    r"""Pre-order pass for one topology, per-node tensors, gradients written per edge.
 
-    Outside partials are rescaled every ``every`` levels of depth; if a factor falls below
-    1e-200 or a gradient is not finite, the pass is redone rescaling at every node.
+    ``g`` is :math:`G_{\text{root}} = w_c \pi_s\, c_p / \tilde L_p` with :math:`c_p` the
+    incoming gradient times the pattern weight and :math:`\tilde L_p` the scaled likelihood.
+    Dividing each node's outside partial by the forward rescaling factor of that node keeps
+    :math:`\sum G_v \odot L_v = c_p` at every node, so :math:`U_k L_k^\top` is the gradient
+    itself: no per-edge normalisation, no rescaling, and a zero incoming gradient stays zero.
     """
     n, n_pat = tips.shape[0], tips.shape[-1]
-    g_root = g
     grad_n = torch.empty_like(trans_n)
     outer = {}  # G of internal nodes, consumed by their own row
-    depth = {2 * n - 2: 0}
-    factors = []
     for j in range(n - 2, -1, -1):
         if j < n - 2:
             g = outer.pop(n + j)
+        if n + j in factor:
+            g = g / factor[n + j][:, None, None, :]
         c = rows[j]
-        depth[c[0]] = depth[c[1]] = depth[n + j] + 1
         m = (msg[c[0]], msg[c[1]])  # not popped: backward may run more than once
-        u = g * m[1]
-        f = (coef / (u * m[0]).sum((1, 2)))[:, None, None, :]
         for side in (0, 1):
             k = c[side]
-            if side == 1:
-                u = g * m[0]
+            u = g * m[1 - side]
             if k >= n:
                 outer[k] = trans_n[k].transpose(-1, -2) @ u
-                if depth[k] % every == 0:
-                    factors.append(_rescale_(outer[k]))
-                torch.matmul(u.mul_(f), low[k].transpose(-1, -2), out=grad_n[k])
+                torch.matmul(u, low[k].transpose(-1, -2), out=grad_n[k])
             else:
-                leaf = u.mul_(f).view(-1, n_pat) @ tips[k].transpose(-1, -2)
+                leaf = u.view(-1, n_pat) @ tips[k].transpose(-1, -2)
                 grad_n[k] = leaf.view(grad_n.shape[1:])
-    if every > 1 and (
-        (factors and torch.cat(factors).min() < _TINY_SCALE) or not torch.isfinite(grad_n).all()
-    ):
-        return _backward_shared(rows, trans_n, tips, msg, low, coef, g_root, every=1)
     return grad_n[: 2 * n - 3].transpose(0, 1)
 
 
-def _backward_batched(sched, trans_n, tips, msg, low, coef, g):
-    """Pre-order pass for a different topology per batch element (gathers by index);
-    ``msg[j]`` holds the two children's messages of row ``j``, gathered in the forward pass."""
+def _backward_batched(sched, trans_n, tips, msg, low, factor, g):
+    """Pre-order pass for a different topology per batch element (gathers by index).
+
+    ``msg[j]`` holds the two children's messages of row ``j`` gathered in the forward pass,
+    ``factor[j]`` its rescaling factor; ``g`` and the normalisation are as in
+    `_backward_shared`, so every edge's gradient is one product at the end.
+    """
     n = tips.shape[0]
-    # outside partials of each row's two children, and dlogL_p/dL_p per row
-    upper = low.new_empty(n - 1, 2, *low.shape[1:])
-    factor = coef.new_empty(n - 1, *coef.shape)
+    upper = low.new_empty(n - 1, 2, *low.shape[1:])  # U of each row's two children
     flat_upper = upper.flatten(0, 2)
     for j in range(n - 2, -1, -1):
         if j < n - 2:
             u_v = flat_upper.index_select(0, sched.slot[n + j])
             g = trans_n[n + j].transpose(-1, -2) @ u_v
-            _rescale_(g)
+        if j in factor:
+            g = g / factor[j][:, None, None, :]
         m0, m1 = msg[j]
         torch.mul(g, m1, out=upper[j, 0])
         torch.mul(g, m0, out=upper[j, 1])
-        factor[j] = coef / (upper[j, 0] * m0).sum((1, 2))
-    # every edge at once: d out / d P_k = sum_p f_p U_k L_k^T
+    # every edge at once: d out / d P_k = U_k L_k^T
     edges = 2 * n - 3
     u = flat_upper.index_select(0, sched.slot[:edges].flatten()).unflatten(0, (edges, -1))
-    f = factor.flatten(0, 1).index_select(0, sched.row[:edges].flatten())
-    u.mul_(f.unflatten(0, (edges, -1))[:, :, None, None, :])
     grad_leaf = torch.bmm(u[:n].flatten(1, 3), tips.transpose(-1, -2))
     grad_leaf = grad_leaf.view(n, *u.shape[1:3], 4, 4)
     grad_inner = u[n:] @ low[: n - 3].transpose(-1, -2)
