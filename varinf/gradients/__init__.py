@@ -1,6 +1,7 @@
 """Gradient estimators for expectations over discrete variables (see ``docs/gradients.md``)."""
 
 from varinf.gradients.base import GradientEstimator, Surrogate, enumerate_expectation
+from varinf.gradients.expectation import ExpectationLoss
 from varinf.gradients.pyro_loss import EstimatorELBO
 from varinf.gradients.relax import RELAX, mlp_control_variate
 from varinf.gradients.relaxed import GumbelSoftmax, StraightThrough
@@ -13,6 +14,7 @@ __all__ = [
     "RELAX",
     "VIMCO",
     "EstimatorELBO",
+    "ExpectationLoss",
     "GradientEstimator",
     "GumbelSoftmax",
     "ScoreELBO",
