@@ -40,6 +40,8 @@ from .substitution import SubstitutionModel, get_model
 
 __all__ = ["pruning_log_likelihood", "log_likelihood"]
 
+_CHUNK = 16  # topologies per pass of the batched-topology kernel
+
 
 def pruning_log_likelihood(
     tips: Tensor,
@@ -87,10 +89,26 @@ def pruning_log_likelihood(
     if children.dim() > 2:
         children = children.expand(*batch, n - 1, 2).reshape(n_batch, n - 1, 2)
     tips = tips.to(trans)
-    out = Pruning.apply(
-        flat_trans, flat_freqs, flat_cat, tips, weights.to(trans), children, rescale_every
-    )
-    return out.reshape(batch)
+    weights = weights.to(trans)
+    if children.dim() == 2:
+        out = Pruning.apply(
+            flat_trans, flat_freqs, flat_cat, tips, weights, children, rescale_every
+        )
+        return out.reshape(batch)
+    # different topologies: chunks bound the memory of the node-major buffers
+    chunks = [
+        Pruning.apply(
+            flat_trans[i : i + _CHUNK],
+            flat_freqs[i : i + _CHUNK],
+            flat_cat[i : i + _CHUNK],
+            tips,
+            weights,
+            children[i : i + _CHUNK],
+            rescale_every,
+        )  # fmt: skip
+        for i in range(0, n_batch, _CHUNK)
+    ]
+    return torch.cat(chunks).reshape(batch)
 
 
 def log_likelihood(
