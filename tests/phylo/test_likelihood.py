@@ -285,3 +285,18 @@ def test_substitution_parameter_gradients_match_finite_differences():
 
 
 DS4_HKY_TREE = (Path(__file__).parent / "ds4_hky_iqtree.nwk").read_text()
+
+
+def test_many_topologies_in_chunks_equal_one_at_a_time():
+    aln = _random_alignment(7, 15, seed=5)
+    g = torch.Generator().manual_seed(6)
+    children = random_topologies(7, 37, g)  # more than one chunk of 16
+    lengths = (0.05 + torch.rand(37, 11, generator=g, dtype=torch.float64)).requires_grad_()
+    batched = log_likelihood(aln, children, lengths, "K80")
+    batched.sum().backward()
+    for b in (0, 16, 36):
+        x = lengths[b].detach().clone().requires_grad_()
+        one = log_likelihood(aln, children[b], x, "K80")
+        one.backward()
+        assert one.item() == pytest.approx(batched[b].item(), abs=1e-10)
+        assert torch.allclose(x.grad, lengths.grad[b], atol=1e-10)
