@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 _TINY_SCALE = 1e-200  # below this, partials were rescaled too rarely: redo every step
 
@@ -79,8 +80,10 @@ def _forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low):
 
 
 class Pruning(torch.autograd.Function):
-    # Buffers are node-major, (nodes, N, C, 4, P): states before patterns, so that each step's
-    # matrix product is a batch of (4, 4) @ (4, P).
+    """Log-likelihoods ``(N,)`` with analytic gradients for transition matrices, frequencies
+    and category weights; ``apply(trans, freqs, cat_w, tips, weights, children, every)`` with
+    the shapes of the module docstring. Differentiable once (no Hessians)."""
+
     @staticmethod
     def forward(ctx, trans, freqs, cat_w, tips, weights, children, every):
         n_batch, _, n_cat = trans.shape[:3]
@@ -111,6 +114,7 @@ class Pruning(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         trans_n, freqs, cat_w, tips, weights, lik, root = ctx.saved_tensors
         sched = ctx.sched
