@@ -1,0 +1,19 @@
+"""The examples run (quick settings) and print what they promise."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DS1 = ROOT / ".." / "shared" / "data" / "phylo" / "bito_ds1" / "ds1.fasta"
+
+
+@pytest.mark.skipif(not DS1.exists(), reason="shared phylogenetic data not available")
+def test_phylo_evidence_example(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["phylo_evidence.py", "--steps", "30", "--particles", "40"])
+    runpy.run_path(str(ROOT / "examples" / "phylo_evidence.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    for name in ("elbo", "iwae", "sumo", "khat"):
+        assert name in out
