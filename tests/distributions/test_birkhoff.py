@@ -13,6 +13,7 @@ from varinf.distributions.birkhoff import (
     RoundingTransform,
     StickBreakingBirkhoff,
     StickBreakingBirkhoffTransform,
+    stick_breaking_centre,
 )
 from varinf.distributions.sinkhorn import doubly_stochastic, hungarian, sinkhorn
 
@@ -217,3 +218,29 @@ def test_stick_breaking_low_temperature_is_finite(dtype):
     assert torch.isfinite(x).all() and torch.isfinite(lp).all()
     lp.mean().backward()
     assert torch.isfinite(loc.grad).all()
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 6])
+@pytest.mark.parametrize("tau", [1.0, 0.3])
+def test_stick_breaking_centre_is_barycentre(n, tau):
+    t = StickBreakingBirkhoffTransform()
+    loc = stick_breaking_centre(n, tau, dtype=F64)
+    assert loc.shape == (n - 1, n - 1)
+    centre = torch.full((n, n), 1 / n, dtype=F64)
+    assert torch.allclose(t(torch.sigmoid(loc / tau)), centre, atol=1e-12)
+    # the median of StickBreakingBirkhoff(loc, scale, tau) is the image of its median logits
+    d = StickBreakingBirkhoff(loc, torch.full_like(loc, 0.01), tau)
+    assert torch.allclose(d.sample((200,)).median(0).values, centre, atol=0.01)
+
+
+def test_zero_loc_is_not_central():
+    # the defect stick_breaking_centre fixes: beta = 1/2 piles mass near the diagonal
+    x = StickBreakingBirkhoffTransform()(torch.full((5, 5), 0.5, dtype=F64))
+    assert x[0, 0] == 0.5 and x.diagonal()[:-1].min() > 0.33 and x[0, -1] < 0.04
+    assert torch.equal(hungarian(x), torch.eye(6, dtype=F64))
+
+
+@pytest.mark.parametrize("bad", [1, 0, 2.5, "3"])
+def test_stick_breaking_centre_bad_n(bad):
+    with pytest.raises(ValueError, match="n must be"):
+        stick_breaking_centre(bad)

@@ -51,6 +51,7 @@ __all__ = [
     "RoundingTransform",
     "StickBreakingBirkhoff",
     "StickBreakingBirkhoffTransform",
+    "stick_breaking_centre",
 ]
 
 
@@ -140,6 +141,37 @@ class StickBreakingBirkhoffTransform(Transform):
         # clamping keeps the log density finite there instead of -inf with nan gradients
         width = (upper - lower).clamp_min(torch.finfo(x.dtype).tiny)
         return width.log().sum((-1, -2))
+
+
+def stick_breaking_centre(
+    n: int,
+    temperature: float = 1.0,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
+    r"""The ``(n-1, n-1)`` loc $\mu$ whose noiseless stick-breaking image is the barycentre.
+
+    Returns $\mu = \tau\,\sigma^{-1}(\beta^\star)$ with $\beta^\star$ the sticks of
+    $J/N$ (all entries $1/N$), so `StickBreakingBirkhoff` ``(mu, scale, temperature)`` has
+    its median sample at the centre of the polytope.  This is the natural starting point of
+    a fit: ``loc = 0`` ($\beta = 1/2$) is *not* central but a matrix concentrated near the
+    diagonal ($x_{11} = 1/2$, $x_{12} = 1/4$, ...), which favours the identity and its
+    neighbours before any data are seen (the reference code of Linderman et al. also starts
+    at $J/N$).
+
+    Examples:
+        >>> mu = stick_breaking_centre(3)
+        >>> StickBreakingBirkhoffTransform()(torch.sigmoid(mu))
+        tensor([[0.3333, 0.3333, 0.3333],
+                [0.3333, 0.3333, 0.3333],
+                [0.3333, 0.3333, 0.3333]])
+    """
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    tau = as_temperature(temperature)
+    centre = torch.full((n, n), 1.0 / n, dtype=dtype, device=device)
+    beta = StickBreakingBirkhoffTransform().inv(centre)
+    return tau.to(beta) * torch.logit(beta)
 
 
 class RoundingTransform(Transform):
