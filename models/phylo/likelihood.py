@@ -51,6 +51,7 @@ def pruning_log_likelihood(
     freqs: Tensor,
     category_weights: Tensor | None = None,
     rescale_every: int = 4,
+    optimistic: bool = True,
 ) -> Tensor:
     r"""Log-likelihood of site patterns on a batch of trees, from transition matrices.
 
@@ -65,6 +66,9 @@ def pruning_log_likelihood(
         rescale_every: rescale partials every this many steps (and at the root). Values only
             shrink between rescalings, so underflow shows as a tiny scale factor; if one falls
             below 1e-200 the pass is redone rescaling at every node.
+        optimistic: first try a pass without any rescaling, kept when every pattern's
+            likelihood exceeds 1e-290 (then no partial can have underflowed); otherwise the
+            rescaled pass above runs. Cheaper on trees of up to a few hundred taxa.
 
     Returns:
         ``(...)`` log-likelihoods, the batch shapes of all arguments broadcast together.
@@ -92,7 +96,7 @@ def pruning_log_likelihood(
     weights = weights.to(trans)
     if children.dim() == 2:
         out = Pruning.apply(
-            flat_trans, flat_freqs, flat_cat, tips, weights, children, rescale_every
+            flat_trans, flat_freqs, flat_cat, tips, weights, children, rescale_every, optimistic
         )
         return out.reshape(batch)
     # different topologies: chunks bound the memory of the node-major buffers
@@ -105,6 +109,7 @@ def pruning_log_likelihood(
             weights,
             children[i : i + _CHUNK],
             rescale_every,
+            optimistic,
         )  # fmt: skip
         for i in range(0, n_batch, _CHUNK)
     ]

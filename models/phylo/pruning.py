@@ -4,6 +4,11 @@ Inputs are flattened to one batch dimension ``N``: transition matrices ``(N, 2n-
 frequencies ``(N, 4)``, category weights ``(N, C)``, tip partials ``(n, 4, P)``, pattern weights
 ``(P,)`` and either one shared ``(n-1, 2)`` topology or ``(N, n-1, 2)`` topologies.
 
+Optimistic first pass: without any rescaling (no reductions, no divisions, no logs of scale
+factors). It is kept when every pattern's likelihood exceeds 1e-290, which float64 reaches on
+trees of a few hundred taxa; otherwise (deep trees, long branches) the pass is redone with
+rescaling, so the answer never depends on luck, only the cost does.
+
 Two paths. With one topology (particles), each node is its own ``(N, C, 4, P)`` tensor, freed
 (or kept for the gradient) as soon as its parent is done: a small working set and no page
 faults from huge buffers. With a topology per batch element, node-major buffers
@@ -22,6 +27,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 _TINY_SCALE = 1e-200  # below this, partials were rescaled too rarely: redo every step
+# A pattern's likelihood is sum_s O_v[s] L_v[s] with outside probabilities summing to at most
+# one, so every node's largest partial entry is at least the likelihood: above this bound no
+# partial lost more than ~1e-18 of it to underflow (float64's smallest normal is 2.2e-308).
+_SAFE_UNSCALED = 1e-290
 
 
 def _rescale_(x: Tensor) -> Tensor:
@@ -29,6 +38,26 @@ def _rescale_(x: Tensor) -> Tensor:
     s = x.amax(dim=(1, 2), keepdim=True).clamp_min_(torch.finfo(x.dtype).tiny)
     x.div_(s)
     return s[:, 0, 0]
+
+
+def _finish(lik: Tensor, scales: list[Tensor], weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-likelihoods from scaled pattern likelihoods and factors; the smallest value seen."""
+    if not scales:  # unscaled pass
+        return (lik.log() * weights).sum(-1), lik.min()
+    scales = torch.stack(scales)
+    out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
+    return out, torch.minimum(scales.min(), lik.min())
+
+
+def _passes(every: int, optimistic: bool) -> list[int]:
+    """Rescaling periods to try in turn (0: none); each is kept unless it underflowed."""
+    first = [0] if optimistic else []
+    return first + [every] + ([1] if every > 1 else [])
+
+
+def _accept(period: int, smallest: Tensor) -> bool:
+    bound = _SAFE_UNSCALED if period == 0 else _TINY_SCALE
+    return period == 1 or bool(smallest >= bound)  # False for NaN: try the next period
 
 
 class _Schedule:
@@ -67,25 +96,25 @@ def _forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low):
         if low.shape[0] > 1:  # keep the gathered children for the backward pass
             pairs.append(pair)
         torch.mul(*pair, out=part)
-        if j % every == every - 1 or j == n - 2:
+        if every and (j % every == every - 1 or j == n - 2):
             scales.append(_rescale_(part))
             factor[j] = scales[-1]
         if j < n - 2:
             torch.matmul(trans_n[n + j], part, out=msg[n + j])
     site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, P)
     lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
-    scales = torch.stack(scales)
-    out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
-    return out, (pairs, factor), lik, torch.minimum(scales.min(), lik.min())
+    out, smallest = _finish(lik, scales, weights)
+    return out, (pairs, factor), lik, smallest
 
 
 class Pruning(torch.autograd.Function):
     """Log-likelihoods ``(N,)`` with analytic gradients for transition matrices, frequencies
-    and category weights; ``apply(trans, freqs, cat_w, tips, weights, children, every)`` with
-    the shapes of the module docstring. Differentiable once (no Hessians)."""
+    and category weights; ``apply(trans, freqs, cat_w, tips, weights, children, every,
+    optimistic)`` with the shapes of the module docstring (``optimistic``: unscaled pass first).
+    Differentiable once (no Hessians)."""
 
     @staticmethod
-    def forward(ctx, trans, freqs, cat_w, tips, weights, children, every):
+    def forward(ctx, trans, freqs, cat_w, tips, weights, children, every, optimistic):
         n_batch, _, n_cat = trans.shape[:3]
         n, n_pat = tips.shape[0], tips.shape[2]
         eye = torch.eye(4, dtype=trans.dtype, device=trans.device)
@@ -96,16 +125,18 @@ class Pruning(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[:3])
         if sched.shared:
             args = (trans_n, tips, sched.rows, freqs, cat_w, weights)
-            out, state, lik, smallest = _forward_shared(*args, every, keep)
-            if every > 1 and smallest < _TINY_SCALE:
-                out, state, lik, _ = _forward_shared(*args, 1, keep)
+            for period in _passes(every, optimistic):
+                out, state, lik, smallest = _forward_shared(*args, period, keep)
+                if _accept(period, smallest):
+                    break
             root = state[1][2 * n - 2] if keep else None
         else:
             low = trans.new_empty(n - 1 if keep else 1, n_batch, n_cat, 4, n_pat)
             args = (trans_n, tips, sched, freqs, cat_w, weights)
-            out, state, lik, smallest = _forward_batched(*args, every, low)
-            if every > 1 and smallest < _TINY_SCALE:
-                out, state, lik, _ = _forward_batched(*args, 1, low)
+            for period in _passes(every, optimistic):
+                out, state, lik, smallest = _forward_batched(*args, period, low)
+                if _accept(period, smallest):
+                    break
             state = (state[0], low, state[1])
             root = low[n - 2] if keep else None
         if keep:
@@ -127,7 +158,7 @@ class Pruning(torch.autograd.Function):
             grad_trans = _backward_shared(sched.rows, trans_n, tips, *ctx.state, g_root * root_coef)
         else:
             grad_trans = _backward_batched(sched, trans_n, tips, *ctx.state, g_root * root_coef)
-        return grad_trans, grad_freqs, grad_cat, None, None, None, None
+        return grad_trans, grad_freqs, grad_cat, None, None, None, None, None
 
 
 def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
@@ -150,16 +181,15 @@ def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
     for j, (c0, c1) in enumerate(rows):
         first, second = message(c0), message(c1)
         part = first * second if keep or c0 == 2 * n - 3 else first.mul_(second)
-        if j % every == every - 1 or j == n - 2:
+        if every and (j % every == every - 1 or j == n - 2):
             scales.append(_rescale_(part))
             if keep:
                 factor[n + j] = scales[-1]
         low[n + j] = part
     site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, P)
     lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
-    scales = torch.stack(scales)
-    out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
-    return out, (msg, low, factor), lik, torch.minimum(scales.min(), lik.min())
+    out, smallest = _finish(lik, scales, weights)
+    return out, (msg, low, factor), lik, smallest
 
 
 def _backward_shared(rows, trans_n, tips, msg, low, factor, g):

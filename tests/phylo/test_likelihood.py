@@ -6,6 +6,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import models.phylo.pruning as pruning
 from models.phylo import (
     GTR,
     HKY,
@@ -220,6 +221,63 @@ def test_rescaling_prevents_underflow_on_many_taxa():
     assert torch.allclose(batched, every_node.expand(2), rtol=1e-12)
 
 
+def _count_passes(monkeypatch):
+    """Record the rescaling period of every pruning pass run."""
+    periods = []
+    for name in ("_forward_shared", "_forward_batched"):
+        original = getattr(pruning, name)
+
+        def spy(*args, _original=original):
+            periods.append(args[6])
+            return _original(*args)
+
+        monkeypatch.setattr(pruning, name, spy)
+    return periods
+
+
+def _value_and_grad(tips, weights, children, lengths, **kw):
+    x = lengths.clone().requires_grad_()
+    trans = JC69().transition_matrices({}, x)[..., None, :, :]
+    pi = torch.full((4,), 0.25, dtype=torch.float64)
+    out = pruning_log_likelihood(tips, weights, children, trans, pi, **kw)
+    out.sum().backward()
+    return out.detach(), x.grad
+
+
+def test_optimistic_unscaled_pass_is_kept_on_ds1(ds1, monkeypatch):
+    aln, trees = ds1
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    children = torch.stack([t.children for t in trees[:3]])
+    lengths = torch.stack([t.lengths for t in trees[:3]])
+    periods = _count_passes(monkeypatch)
+    for topo in (children, children[0]):
+        periods.clear()
+        fast = _value_and_grad(tips, weights, topo, lengths)
+        assert periods == [0]  # unscaled, accepted
+        safe = _value_and_grad(tips, weights, topo, lengths, rescale_every=1, optimistic=False)
+        assert periods == [0, 1]
+        assert torch.allclose(fast[0], safe[0], rtol=1e-13)
+        assert torch.allclose(fast[1], safe[1], rtol=1e-11, atol=1e-12)
+
+
+def test_optimistic_pass_falls_back_when_it_underflows(monkeypatch):
+    n = 1200  # likelihoods ~e^-1000 per pattern: the unscaled pass underflows to zero
+    aln = _random_alignment(n, 8, seed=3)
+    children = random_topologies(n, 2, torch.Generator().manual_seed(4))
+    lengths = torch.full((2, 2 * n - 3), 0.3, dtype=torch.float64)
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    periods = _count_passes(monkeypatch)
+    for topo in (children, children[0]):
+        periods.clear()
+        fast = _value_and_grad(tips, weights, topo, lengths)
+        assert periods == [0, 4]  # rejected, then rescaled every 4 nodes
+        safe = _value_and_grad(tips, weights, topo, lengths, rescale_every=1, optimistic=False)
+        assert torch.isfinite(fast[0]).all() and (fast[0] < -5000).all()
+        assert torch.allclose(fast[0], safe[0], rtol=1e-12)
+        assert torch.isfinite(fast[1]).all()
+        assert torch.allclose(fast[1], safe[1], rtol=1e-10, atol=1e-10)
+
+
 # ---------------------------------------------------------------- gradients
 
 
@@ -231,11 +289,12 @@ def test_gradcheck_batched_topologies():
     trans = torch.rand(2, 9, 2, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
     pi = torch.rand(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
     cat = torch.rand(2, generator=g, dtype=torch.float64, requires_grad=True)
-    for every in (1, 3):
+    # optimistic=True takes the unscaled pass here; False covers the rescaled ones
+    for every, optimistic in ((1, False), (3, False), (3, True)):
         for topo in (children, children[0]):
 
-            def f(trans, pi, cat, topo=topo, every=every):
-                return pruning_log_likelihood(tips, weights, topo, trans, pi, cat, every)
+            def f(trans, pi, cat, topo=topo, every=every, opt=optimistic):
+                return pruning_log_likelihood(tips, weights, topo, trans, pi, cat, every, opt)
 
             assert torch.autograd.gradcheck(f, (trans, pi, cat))
 
