@@ -5,21 +5,34 @@ with respect to the branch lengths, for 1, 10 and 100 particles (branch-length v
 topology and for 10 different topologies at once; side by side with torchtree
 (``pip install -c constraints.txt torchtree``) when it is installed, which has no batching over
 topologies (its 10-topology row is a Python loop); ``torchtree`` is its rescaled pruning
-(as ours), ``tt-noscale`` the one without rescaling (underflows beyond ~100 taxa). Run with ``python
-benchmarks/phylo_likelihood.py [--device cuda] [--repeats 20]``; one intra-op thread.
+(as ours), ``tt-noscale`` the one without rescaling (underflows beyond ~100 taxa). ``varinf``
+is the default (an unscaled pass, kept unless a pattern likelihood falls below 1e-290, else the
+rescaled pass); ``varinf-rs`` always rescales (``optimistic=False``). Run with ``python
+benchmarks/phylo_likelihood.py [--device cuda] [--repeats 20]``; one intra-op thread. The
+checkout's own ``models`` package is imported (not an installed copy elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from models.phylo import JC69, pruning_log_likelihood, read_alignment, read_trees, stack_trees
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # measure this checkout, not whatever `models` is installed
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "phylo" / "bito_ds1"
+from models.phylo import (  # noqa: E402
+    JC69,
+    pruning_log_likelihood,
+    read_alignment,
+    read_trees,
+    stack_trees,
+)
+
+DATA = ROOT / ".." / "shared" / "data" / "phylo" / "bito_ds1"
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -38,10 +51,14 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return best
 
 
-def ours(tips, weights, children, lengths):
+def ours(tips, weights, children, lengths, optimistic=True):
     trans = JC69().transition_matrices({}, lengths)[..., None, :, :]
     freqs = torch.full((4,), 0.25, dtype=lengths.dtype, device=lengths.device)
-    return pruning_log_likelihood(tips, weights, children, trans, freqs)
+    return pruning_log_likelihood(tips, weights, children, trans, freqs, optimistic=optimistic)
+
+
+def ours_rescaled(tips, weights, children, lengths):
+    return ours(tips, weights, children, lengths, optimistic=False)
 
 
 def torchtree_fn(rescale: bool = True):
@@ -94,7 +111,7 @@ def main() -> None:
         noise = torch.rand(k, 51, generator=jitter, dtype=torch.float64).to(device)
         cases.append((f"{k} particles", one, lengths1 * (0.5 + noise)))
     cases.append(("10 topologies", children10, lengths10))
-    impls = [("varinf", ours)]
+    impls = [("varinf", ours), ("varinf-rs", ours_rescaled)]
     tt = torchtree_fn()
     if tt is not None:
         impls += [("torchtree", tt), ("tt-noscale", torchtree_fn(rescale=False))]
