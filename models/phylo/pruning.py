@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .repeats import backward_repeats, forward_repeats, plan_for
+
 _TINY_SCALE = 1e-200  # below this, partials were rescaled too rarely: redo every step
 # A pattern's likelihood is sum_s O_v[s] L_v[s] with outside probabilities summing to at most
 # one, so every node's largest partial entry is at least the likelihood: above this bound no
@@ -123,13 +125,23 @@ class Pruning(torch.autograd.Function):
         trans_n = trans_n.transpose(0, 1).contiguous()
         sched = _Schedule(children, n_batch)
         keep = any(ctx.needs_input_grad[:3])
+        ctx.repeats = False
+        if sched.shared and optimistic:  # unscaled, over distinct clade patterns only
+            plan = plan_for(tips, sched.rows)
+            out, state, lik, root, root_w, smallest = forward_repeats(
+                trans_n, plan, sched.rows, freqs, cat_w, weights, keep
+            )
+            ctx.repeats = _accept(0, smallest)
+            if ctx.repeats:
+                weights = root_w
         if sched.shared:
-            args = (trans_n, tips, sched.rows, freqs, cat_w, weights)
-            for period in _passes(every, optimistic):
-                out, state, lik, smallest = _forward_shared(*args, period, keep)
-                if _accept(period, smallest):
-                    break
-            root = state[1][2 * n - 2] if keep else None
+            if not ctx.repeats:  # rescaled, every site pattern
+                args = (trans_n, tips, sched.rows, freqs, cat_w, weights)
+                for period in _passes(every, False):
+                    out, state, lik, smallest = _forward_shared(*args, period, keep)
+                    if _accept(period, smallest):
+                        break
+                root = state[1][2 * n - 2] if keep else None
         else:
             low = trans.new_empty(n - 1 if keep else 1, n_batch, n_cat, 4, n_pat)
             args = (trans_n, tips, sched, freqs, cat_w, weights)
@@ -154,7 +166,9 @@ class Pruning(torch.autograd.Function):
         grad_freqs = (root * root_coef * cat_w[:, :, None, None]).sum((1, 3))
         grad_cat = (root * root_coef * freqs[:, None, :, None]).sum((2, 3))
         g_root = cat_w[:, :, None, None] * freqs[:, None, :, None]
-        if sched.shared:
+        if ctx.repeats:
+            grad_trans = backward_repeats(sched.rows, trans_n, *ctx.state, g_root * root_coef)
+        elif sched.shared:
             grad_trans = _backward_shared(sched.rows, trans_n, tips, *ctx.state, g_root * root_coef)
         else:
             grad_trans = _backward_batched(sched, trans_n, tips, *ctx.state, g_root * root_coef)
