@@ -55,6 +55,10 @@ class RepeatPlan:
             self.index.append(tuple(self._gather_or_none(i, self.sizes[c]) for i, c in
                                     zip(pair, (a, b), strict=True)))  # fmt: skip
         self.root_ids = ids[2 * n - 2]
+        # every leaf's distinct columns, zero-padded to one width: one product for all leaves
+        self.leaf_tips = self.tips[0].new_zeros(n, 4, max(t.shape[1] for t in self.tips))
+        for c, t in enumerate(self.tips):
+            self.leaf_tips[c, :, : t.shape[1]] = t
 
     @staticmethod
     def _gather_or_none(index: Tensor, size: int) -> Tensor | None:
@@ -92,12 +96,13 @@ def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
     ``(N, K_root)``, the root partials, the root's pattern weights and the smallest likelihood."""
     n = len(plan.tips)
     shape = trans_n.shape[1:3]
+    leaves = (trans_n[:n].reshape(n, -1, 4) @ plan.leaf_tips).view(n, *shape, 4, -1)
     low, pairs = {}, []
     for j, (c0, c1) in enumerate(rows):
         ms = []
         for c, index in zip((c0, c1), plan.index[j], strict=True):
-            if c < n:  # one (N*C*4, 4) @ (4, K_c) product
-                m = (trans_n[c].reshape(-1, 4) @ plan.tips[c]).view(*shape, 4, -1)
+            if c < n:  # padding columns are never gathered
+                m = leaves[c] if index is not None else leaves[c, ..., : plan.sizes[c]]
             else:
                 x = low[c] if keep else low.pop(c)
                 m = x if c == 2 * n - 3 else trans_n[c] @ x  # zero-length edge above 2n-3
