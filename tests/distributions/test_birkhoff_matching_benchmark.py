@@ -63,7 +63,7 @@ def test_discrete_elbo_is_log_evidence_minus_kl(bench):
 
 def _args(**kw):
     base = dict(steps=150, particles=16, lr=0.1, eta=0.2, likelihood="mean", seed=0)
-    return argparse.Namespace(**{**base, "init": "centre", "samples": 2000, **kw})
+    return argparse.Namespace(**{**base, "init": "centre", "samples": 2000, "orders": 1, **kw})
 
 
 @pytest.mark.slow
@@ -102,3 +102,20 @@ def test_selection_by_discrete_elbo(bench):
         "stick-breaking", centres, y, sigma, [0.1, 1.0], perms, _args(steps=300, select="relaxed")
     )
     assert cap == 1.0
+
+
+def test_reordered_maps_samples_back(bench):
+    # a fit to y[rows], centres[cols] that is sure of the permutation pi' maps back to pi
+    n = 5
+    rows, cols = bench.filling_orders(n, 2, seed=3)[1]
+    truth = torch.tensor([3, 0, 4, 1, 2])  # observation i <-> centre truth[i]
+    x = torch.eye(n)[truth]
+    x_seen = x[rows][:, cols]  # what the fit on the relabelled problem sees
+
+    class PointMass:
+        def sample(self, shape):
+            return x_seen.expand(*shape, n, n)
+
+    assert torch.equal(bench.Reordered(PointMass(), rows, cols).sample((2,)), x.expand(2, n, n))
+    first = bench.filling_orders(n, 3, seed=0)[0]
+    assert all(torch.equal(o, torch.arange(n)) for o in first)
