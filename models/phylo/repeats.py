@@ -55,10 +55,12 @@ class RepeatPlan:
             self.index.append(tuple(self._gather_or_none(i, self.sizes[c]) for i, c in
                                     zip(pair, (a, b), strict=True)))  # fmt: skip
         self.root_ids = ids[2 * n - 2]
-        # every leaf's distinct columns, zero-padded to one width: one product for all leaves
-        self.leaf_tips = self.tips[0].new_zeros(n, 4, max(t.shape[1] for t in self.tips))
-        for c, t in enumerate(self.tips):
-            self.leaf_tips[c, :, : t.shape[1]] = t
+        # a leaf's distinct columns already gathered at its parent's patterns: its message
+        # there is then one small product, with no gather forward and no scatter backward
+        self.leaf_cols = [
+            tuple(None if c >= n else _take(self.tips[c], i) for c, i in zip(r, p, strict=True))
+            for r, p in zip(rows, self.index, strict=True)
+        ]
 
     @staticmethod
     def _gather_or_none(index: Tensor, size: int) -> Tensor | None:
@@ -96,16 +98,15 @@ def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
     ``(N, K_root)``, the root partials, the root's pattern weights and the smallest likelihood."""
     n = len(plan.tips)
     shape = trans_n.shape[1:3]
-    leaves = (trans_n[:n].reshape(n, -1, 4) @ plan.leaf_tips).view(n, *shape, 4, -1)
     low, pairs = {}, []
     for j, (c0, c1) in enumerate(rows):
         ms = []
-        for c, index in zip((c0, c1), plan.index[j], strict=True):
-            if c < n:  # padding columns are never gathered
-                m = leaves[c] if index is not None else leaves[c, ..., : plan.sizes[c]]
-            else:
-                x = low[c] if keep else low.pop(c)
-                m = x if c == 2 * n - 3 else trans_n[c] @ x  # zero-length edge above 2n-3
+        for c, index, cols in zip((c0, c1), plan.index[j], plan.leaf_cols[j], strict=True):
+            if c < n:  # (N*C*4, 4) @ (4, K_parent)
+                ms.append((trans_n[c].reshape(-1, 4) @ cols).view(*shape, 4, -1))
+                continue
+            x = low[c] if keep else low.pop(c)
+            m = x if c == 2 * n - 3 else trans_n[c] @ x  # zero-length edge above 2n-3
             ms.append(_take(m, index))
         if keep:
             pairs.append(ms)
@@ -129,14 +130,14 @@ def backward_repeats(rows, trans_n, plan, pairs, low, g):
             g = outer.pop(n + j)
         for side, k in enumerate(rows[j]):
             u = g * pairs[j][1 - side]
+            if k < n:  # the leaf's columns at this node's patterns: no scatter needed
+                leaf = u.reshape(-1, u.shape[-1]) @ plan.leaf_cols[j][side].transpose(-1, -2)
+                grad_n[k] = leaf.view(grad_n.shape[1:])
+                continue
             index = plan.index[j][side]
             if index is not None:
                 full = u.new_zeros(*u.shape[:-1], plan.sizes[k])
                 u = full.scatter_add_(-1, index.expand(u.shape), u)
-            if k >= n:
-                outer[k] = trans_n[k].transpose(-1, -2) @ u
-                torch.matmul(u, low[k].transpose(-1, -2), out=grad_n[k])
-            else:
-                leaf = u.reshape(-1, u.shape[-1]) @ plan.tips[k].transpose(-1, -2)
-                grad_n[k] = leaf.view(grad_n.shape[1:])
+            outer[k] = trans_n[k].transpose(-1, -2) @ u
+            torch.matmul(u, low[k].transpose(-1, -2), out=grad_n[k])
     return grad_n[: 2 * n - 3].transpose(0, 1)
