@@ -14,7 +14,10 @@ root's distinct patterns.
 The forward pass is :math:`L_v = (P_a X_a)[\,\cdot, i_a] \odot (P_b X_b)[\,\cdot, i_b]` with
 ``gather``; the backward pass scatters each child's outside partial back onto its own columns
 with ``scatter_add_`` before the usual pre-order products, which sums the
-contributions of all sites sharing a child pattern, exactly as the chain rule asks.
+contributions of all sites sharing a child pattern, exactly as the chain rule asks. A leaf
+child needs neither: its tip columns are gathered once per plan at its parent's patterns
+(``leaf_cols``), so its message there is the product :math:`P_a\,T_a[\,\cdot, i_a]` and its
+gradient :math:`U_a\,T_a[\,\cdot, i_a]^\top`, the plain pruning formulas on repeated columns.
 
 This module runs without rescaling (used by the optimistic pass of `models.phylo.pruning`);
 underflow there falls back to the uncompressed rescaled pass.
