@@ -21,7 +21,7 @@ temperature) is chosen per problem from a small grid by the ELBO of the rounded 
 over permutations (`discrete_elbo`, `fit_best`), which needs only the unnormalised joint;
 $\eta$ was picked on a small grid by hand (the paper grid-searched its settings).
 
-    python benchmarks/birkhoff_matching.py              # 10 problems per sigma, ~4 min
+    python benchmarks/birkhoff_matching.py              # 10 problems per sigma, ~5 min
     python benchmarks/birkhoff_matching.py --problems 3 --select relaxed --init zero
 """
 
