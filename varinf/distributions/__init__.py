@@ -5,6 +5,7 @@ from varinf.distributions.birkhoff import (
     RoundingTransform,
     StickBreakingBirkhoff,
     StickBreakingBirkhoffTransform,
+    stick_breaking_centre,
 )
 from varinf.distributions.concrete import (
     Concrete,
@@ -23,6 +24,7 @@ from varinf.distributions.sinkhorn import (
 )
 
 __all__ = [
+    "stick_breaking_centre",
     "Concrete",
     "ConstantTemperature",
     "ExpConcrete",
