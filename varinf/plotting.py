@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 def plot_comparison(comparison, path: str | None = None):
     """Left: estimates per estimator (violin, mean ± 2 sem, truth dashed). Right: RMSE (or
-    std without a truth) against mean cost, both on log axes."""
+    std without a truth) against mean cost (log axes where the values span a decade)."""
     labels = [label for label, estimates in comparison.estimates.items() if estimates]
     if not labels:
         raise ValueError("nothing to plot: no estimator finished a repeat")
@@ -42,8 +42,10 @@ def plot_comparison(comparison, path: str | None = None):
         row = table.loc[label]
         right.scatter(row["cost"], row[error], s=40)
         right.annotate(label, (row["cost"], row[error]), textcoords="offset points", xytext=(5, 5))
-    right.set_xscale("log")
-    if (table[error] > 0).all():
+    # Log axes only where the values span a decade: otherwise the tick labels crowd.
+    if table["cost"].max() > 10 * table["cost"].min():
+        right.set_xscale("log")
+    if (table[error] > 0).all() and table[error].max() > 10 * table[error].min():
         right.set_yscale("log")
     right.set_xlabel("model evaluations per estimate")
     right.set_ylabel(error.upper() if error == "rmse" else "standard deviation")
