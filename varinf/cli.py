@@ -110,21 +110,23 @@ def run_demo(args: argparse.Namespace) -> int:
     from varinf import ELBO, IWAE, SUMO, compare
 
     args.out.mkdir(parents=True, exist_ok=True)
+    toy, conjugate = SumoMixture(), ConjugateGaussian.example()
     problems = [
-        ("SUMO note toy: mixture energy, q = N(0, 5I)", SumoMixture(), "sumo_toy"),
+        ("SUMO note toy: mixture energy, q = N(0, 5I)", toy, toy.guide, "sumo_toy"),
         (
             "conjugate Gaussian (n=10, d=2), q = a perturbed posterior",
-            _perturbed_conjugate(ConjugateGaussian.example()),
+            conjugate,
+            _perturbed_conjugate_guide(conjugate),
             "conjugate",
         ),
     ]
-    for title, problem, stem in problems:
+    for title, problem, guide, stem in problems:
         start = time.perf_counter()
         estimators = [ELBO(num_particles=5), IWAE(num_particles=5), SUMO()]
         result = compare(
             estimators,
             problem.model,
-            problem.guide,
+            guide,
             repeats=args.repeats,
             truth=problem.log_evidence,
             seed=args.seed,
@@ -140,8 +142,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _perturbed_conjugate(problem):
-    """The conjugate model with a guide twice as wide as, and offset from, the posterior."""
+def _perturbed_conjugate_guide(problem):
+    """A guide twice as wide as, and offset by one sd from, the conjugate model's posterior."""
     import pyro
     import pyro.distributions as dist
 
@@ -150,8 +152,7 @@ def _perturbed_conjugate(problem):
     def guide() -> None:
         pyro.sample("mean", dist.Normal(loc + scale, 2 * scale).to_event(1))
 
-    problem.guide = guide
-    return problem
+    return guide
 
 
 def run_compare(args: argparse.Namespace) -> int:
