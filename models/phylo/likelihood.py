@@ -77,6 +77,8 @@ def pruning_log_likelihood(
         Differentiable in ``trans``, ``freqs`` and ``category_weights``.
     """
     n = tips.shape[0]
+    if isinstance(rescale_every, bool) or not isinstance(rescale_every, int) or rescale_every < 1:
+        raise ValueError(f"rescale_every must be a positive int, got {rescale_every!r}")
     if children.shape[-2:] != (n - 1, 2):
         raise ValueError(f"children must have shape (..., {n - 1}, 2), got {tuple(children.shape)}")
     if trans.shape[-4:-2] != (2 * n - 3,) + trans.shape[-3:-2] or trans.shape[-2:] != (4, 4):

@@ -27,7 +27,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .repeats import backward_repeats, forward_repeats, plan_for
+from .clade_patterns import BatchPlan, plan_for
+from .repeats import (
+    backward_batched_repeats,
+    backward_repeats,
+    forward_batched_repeats,
+    forward_repeats,
+)
+from .workspace import workspace
 
 _TINY_SCALE = 1e-200  # below this, partials were rescaled too rarely: redo every step
 # A pattern's likelihood is sum_s O_v[s] L_v[s] with outside probabilities summing to at most
@@ -52,10 +59,9 @@ def _finish(lik: Tensor, scales: list[Tensor], weights: Tensor) -> tuple[Tensor,
     return out, torch.minimum(scales.min(), lik.min())
 
 
-def _passes(every: int, optimistic: bool) -> list[int]:
-    """Rescaling periods to try in turn (0: none); each is kept unless it underflowed."""
-    first = [0] if optimistic else []
-    return first + [every] + ([1] if every > 1 else [])
+def _passes(every: int) -> list[int]:
+    """Rescaling periods to try in turn; each is kept unless it underflowed."""
+    return [every] + ([1] if every > 1 else [])
 
 
 def _accept(period: int, smallest: Tensor) -> bool:
@@ -81,25 +87,10 @@ class _Schedule:
         self.slot = (pos * n_batch + ar[:, None]).T.contiguous()  # (nodes, N) into (2m*N)
 
 
-_WORKSPACE: list[Tensor] = []  # the node-major message buffer of the last batched pass
-
-
-def _workspace(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """A scratch tensor reused between calls: the message buffer of a batch of topologies
-    is tens of MB, and a fresh one costs as much in page faults as the products that fill it
-    (DS1, 10 trees: 15 MB, ~0.2 ms). It is only read within one forward pass."""
-    if _WORKSPACE:
-        buf = _WORKSPACE[0]
-        if buf.shape == shape and buf.dtype == like.dtype and buf.device == like.device:
-            return buf
-    _WORKSPACE[:] = [like.new_empty(shape)]
-    return _WORKSPACE[0]
-
-
 def _forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low):
     """Pruning for a different topology per batch element: node-major buffers, gathers."""
     n = tips.shape[0]
-    msg = _workspace((2 * n - 2, *trans_n.shape[1:3], 4, tips.shape[-1]), trans_n)
+    msg = workspace("node messages", (2 * n - 2, *trans_n.shape[1:3], 4, tips.shape[-1]), trans_n)
     # leaves: one (N*C*4, 4) @ (4, P) product per leaf, batched over the leaves
     torch.bmm(trans_n[:n].flatten(1, 3), tips, out=msg[:n].view(n, -1, tips.shape[-1]))
     keep, n_batch = low.shape[0] > 1, trans_n.shape[1]
@@ -146,27 +137,32 @@ class Pruning(torch.autograd.Function):
         trans_n = trans_n.transpose(0, 1).contiguous()
         sched = _Schedule(children, n_batch)
         keep = any(ctx.needs_input_grad[:3])
-        ctx.repeats = False
-        if sched.shared and optimistic:  # unscaled, over distinct clade patterns only
-            plan = plan_for(tips, sched.rows)
-            out, state, lik, root, root_w, smallest = forward_repeats(
-                trans_n, plan, sched.rows, freqs, cat_w, weights, keep
-            )
-            ctx.repeats = _accept(0, smallest)
-            if ctx.repeats:
-                weights = root_w
-        if sched.shared:
-            if not ctx.repeats:  # rescaled, every site pattern
-                args = (trans_n, tips, sched.rows, freqs, cat_w, weights)
-                for period in _passes(every, False):
-                    out, state, lik, smallest = _forward_shared(*args, period, keep)
-                    if _accept(period, smallest):
-                        break
-                root = state[1][2 * n - 2] if keep else None
-        else:
+        ctx.repeats, periods = False, _passes(every)
+        if optimistic:  # unscaled, over distinct clade patterns only, when they pay
+            result = None
+            if sched.shared:
+                plan, rows = plan_for(tips, sched.rows), sched.rows
+                result = forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep)
+            elif (plan := BatchPlan(tips, children, reuse=not keep)).worthwhile:
+                result = forward_batched_repeats(trans_n, plan, freqs, cat_w, weights, keep)
+            if result is None:  # unscaled over every site pattern first
+                periods = [0, *periods]
+            else:
+                out, state, lik, root, root_w, smallest = result
+                ctx.repeats = _accept(0, smallest)
+                if ctx.repeats:
+                    weights = root_w
+        if not ctx.repeats and sched.shared:  # rescaled, every site pattern
+            args = (trans_n, tips, sched.rows, freqs, cat_w, weights)
+            for period in periods:
+                out, state, lik, smallest = _forward_shared(*args, period, keep)
+                if _accept(period, smallest):
+                    break
+            root = state[1][2 * n - 2] if keep else None
+        elif not ctx.repeats:
             low = trans.new_empty(n - 1 if keep else 1, n_batch, n_cat, 4, n_pat)
             args = (trans_n, tips, sched, freqs, cat_w, weights)
-            for period in _passes(every, optimistic):
+            for period in periods:
                 out, state, lik, smallest = _forward_batched(*args, period, low)
                 if _accept(period, smallest):
                     break
@@ -187,8 +183,10 @@ class Pruning(torch.autograd.Function):
         grad_freqs = (root * root_coef * cat_w[:, :, None, None]).sum((1, 3))
         grad_cat = (root * root_coef * freqs[:, None, :, None]).sum((2, 3))
         g_root = cat_w[:, :, None, None] * freqs[:, None, :, None]
-        if ctx.repeats:
+        if ctx.repeats and sched.shared:
             grad_trans = backward_repeats(sched.rows, trans_n, *ctx.state, g_root * root_coef)
+        elif ctx.repeats:
+            grad_trans = backward_batched_repeats(trans_n, *ctx.state, g_root * root_coef)
         elif sched.shared:
             grad_trans = _backward_shared(sched.rows, trans_n, tips, *ctx.state, g_root * root_coef)
         else:

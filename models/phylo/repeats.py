@@ -1,26 +1,25 @@
-r"""Subtree site repeats: prune each node over its distinct clade patterns only.
+r"""Pruning over distinct clade patterns only (subtree site repeats), without rescaling.
 
 A node's partial likelihood at a site depends only on the tip states of its clade there, so
-sites whose clade columns agree share one partial. With :math:`K_v \le P` distinct clade
-patterns at node :math:`v`, the partial is a ``(…, 4, K_v)`` tensor: a pair of child pattern
-ids ``(id_a[p], id_b[p])`` identifies the parent's pattern, so ``torch.unique`` on
-``id_a * K_b + id_b`` gives :math:`K_v`, the parent's ids and, for every distinct parent
-pattern, the child patterns it is built from (Kobert, Stamatakis & Flouri 2017, "Efficient
-detection of repeating sites to accelerate phylogenetic likelihood calculations"). On DS1
-(27 taxa, 934 patterns) the internal nodes hold 5118 columns in all instead of 24284; tips
-have at most 16 distinct columns (5 on DS1). The site patterns' weights are summed onto the
-root's distinct patterns.
+sites whose clade columns agree share one partial; `models.phylo.clade_patterns` finds them
+(Kobert, Stamatakis & Flouri 2017, "Efficient detection of repeating sites to accelerate
+phylogenetic likelihood calculations"). On DS1 (27 taxa, 934 patterns) the internal nodes hold
+5118 columns in all instead of 24284; tips have at most 16 distinct columns (5 on DS1). The
+site patterns' weights are summed onto the root's distinct patterns.
 
-The forward pass is :math:`L_v = (P_a X_a)[\,\cdot, i_a] \odot (P_b X_b)[\,\cdot, i_b]` with
-``gather``; the backward pass scatters each child's outside partial back onto its own columns
-with ``scatter_add_`` before the usual pre-order products, which sums the
-contributions of all sites sharing a child pattern, exactly as the chain rule asks. A leaf
-child needs neither: its tip columns are gathered once per plan at its parent's patterns
-(``leaf_cols``), so its message there is the product :math:`P_a\,T_a[\,\cdot, i_a]` and its
-gradient :math:`U_a\,T_a[\,\cdot, i_a]^\top`, the plain pruning formulas on repeated columns.
+The forward pass is :math:`L_v = (P_a X_a)[\,\cdot, i_a] \odot (P_b X_b)[\,\cdot, i_b]`
+with ``gather``; the backward pass scatters each child's outside partial back onto its own
+columns with ``scatter_add_`` before the usual pre-order products, which sums the
+contributions of all sites sharing a child pattern, exactly as the chain rule asks.
 
-This module runs without rescaling (used by the optimistic pass of `models.phylo.pruning`);
-underflow there falls back to the uncompressed rescaled pass.
+Two layouts: `forward_repeats` for one topology (a tensor per node; a leaf child's tip
+columns are gathered once per plan at its parent's patterns, so its message there is the
+product :math:`P_a\,T_a[\,\cdot, i_a]` and its gradient :math:`U_a\,T_a[\,\cdot, i_a]^\top`),
+and `forward_batched_repeats` for a different topology per batch element (one buffer, steps
+ordered by clade size, see `models.phylo.clade_patterns.BatchPlan`).
+
+Both run without rescaling (the optimistic pass of `models.phylo.pruning`); underflow there
+falls back to the uncompressed rescaled pass.
 """
 
 from __future__ import annotations
@@ -28,66 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_CACHE: list = []  # (copy of tips, tips, its version, rows, plan), most recent last
-_CACHE_SIZE = 4
-
-
-class RepeatPlan:
-    """Distinct clade patterns of one topology on one alignment.
-
-    Attributes:
-        tips: per leaf, its distinct tip columns ``(4, K_c)``.
-        index: per row ``j``, the child columns ``(i_a, i_b)`` of node ``n+j``'s patterns,
-            ``None`` where the gather would be the identity.
-        sizes: :math:`K_v` per node.
-        root_ids: ``(P,)`` distinct root pattern of every site pattern.
-    """
-
-    def __init__(self, tips: Tensor, rows: list[list[int]]) -> None:
-        n = tips.shape[0]
-        self.tips, ids, self.sizes = [], {}, {}
-        for c in range(n):
-            cols, inv = torch.unique(tips[c], dim=1, return_inverse=True)
-            self.tips.append(cols.contiguous())
-            ids[c], self.sizes[c] = inv, cols.shape[1]
-        self.index = []
-        for j, (a, b) in enumerate(rows):
-            keys, inv = torch.unique(ids.pop(a) * self.sizes[b] + ids.pop(b), return_inverse=True)
-            ids[n + j], self.sizes[n + j] = inv, keys.numel()
-            pair = (keys // self.sizes[b], keys % self.sizes[b])
-            self.index.append(tuple(self._gather_or_none(i, self.sizes[c]) for i, c in
-                                    zip(pair, (a, b), strict=True)))  # fmt: skip
-        self.root_ids = ids[2 * n - 2]
-        # a leaf's distinct columns already gathered at its parent's patterns: its message
-        # there is then one small product, with no gather forward and no scatter backward
-        self.leaf_cols = [
-            tuple(None if c >= n else _take(self.tips[c], i) for c, i in zip(r, p, strict=True))
-            for r, p in zip(rows, self.index, strict=True)
-        ]
-
-    @staticmethod
-    def _gather_or_none(index: Tensor, size: int) -> Tensor | None:
-        identity = index.numel() == size and bool((index == torch.arange(size).to(index)).all())
-        return None if identity else index
-
-
-def plan_for(tips: Tensor, rows: list[list[int]]) -> RepeatPlan:
-    """The `RepeatPlan` of ``tips`` ``(n, 4, P)`` and a topology's rows, cached by content
-    (a model evaluates the same alignment and topology at every step); the same unmodified
-    tensor is recognised without comparing its values."""
-    key = tuple(map(tuple, rows))
-    for i, (copy, source, version, r, plan) in enumerate(_CACHE):
-        if r != key:
-            continue
-        same = source is tips and tips._version == version
-        if same or (copy.shape == tips.shape and copy.dtype == tips.dtype
-                    and copy.device == tips.device and torch.equal(copy, tips)):  # fmt: skip
-            _CACHE.append(_CACHE.pop(i))
-            return plan
-    plan = RepeatPlan(tips, rows)
-    _CACHE.append((tips.detach().clone(), tips, tips._version, key, plan))
-    del _CACHE[:-_CACHE_SIZE]
-    return plan
+from .clade_patterns import BatchPlan
+from .workspace import workspace
 
 
 def _take(x: Tensor, index: Tensor | None) -> Tensor:
@@ -143,4 +84,76 @@ def backward_repeats(rows, trans_n, plan, pairs, low, g):
                 u = full.scatter_add_(-1, index.expand(u.shape), u)
             outer[k] = trans_n[k].transpose(-1, -2) @ u
             torch.matmul(u, low[k].transpose(-1, -2), out=grad_n[k])
+    return grad_n[: 2 * n - 3].transpose(0, 1)
+
+
+def forward_batched_repeats(trans_n, plan: BatchPlan, freqs, cat_w, weights, keep):
+    """Unscaled pruning of a different topology per batch element over distinct clade
+    patterns, wave by wave (`models.phylo.clade_patterns.BatchPlan`); returns what
+    `forward_repeats` returns (the state for `backward_batched_repeats` is the plan and each
+    wave's gathered children and partials)."""
+    n, n_batch, n_cat = plan.n, trans_n.shape[1], trans_n.shape[2]
+    buffer = workspace("clade messages", (n_batch, n_cat, 4, plan.width), trans_n)
+    leaves = torch.bmm(trans_n[:n].flatten(1, 3), plan.tip_columns)  # (n, N*C*4, KL)
+    buffer[..., : n * plan.leaf_width].view(n_batch, n_cat, 4, n, -1).copy_(
+        leaves.view(n, n_batch, n_cat, 4, -1).permute(1, 2, 3, 0, 4))  # fmt: skip
+    mats = _step_matrices(trans_n, plan)
+    saved = []
+    for (first, count, width), start, index in zip(plan.waves, plan.starts, plan.index,
+                                                   strict=True):  # fmt: skip
+        both = buffer.gather(-1, index.expand(n_batch, n_cat, 4, -1))
+        both = both.view(n_batch, n_cat, 4, 2, count, width)
+        first_child, second_child = both.unbind(3)
+        part = first_child * second_child if keep else first_child.mul_(second_child)
+        if keep:
+            saved.append((both, part))
+        if first + count < plan.steps:  # all but the root's wave
+            up = mats[:, :, first : first + count] @ part.transpose(2, 3)  # (N, C, s, 4, w)
+            block = buffer[..., start : start + count * width]
+            block.view(n_batch, n_cat, 4, count, width).copy_(up.transpose(2, 3))
+    root = part[:, :, :, 0]  # (N, C, 4, K_root)
+    site = (freqs[:, None, None, :] @ root)[:, :, 0]  # (N, C, K_root)
+    lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, K_root)
+    root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
+    out = (lik.log() * root_w).sum(-1)
+    return out, (plan, saved), lik, root, root_w, lik.min()
+
+
+def _step_matrices(trans_n: Tensor, plan: BatchPlan) -> Tensor:
+    """``(N, C, steps-1, 4, 4)`` transition matrix above every step's node, every tree."""
+    n_batch, n_cat = trans_n.shape[1:3]
+    mats = trans_n.flatten(0, 1).index_select(0, plan.trans_index)
+    return mats.view(-1, n_batch, n_cat, 4, 4).permute(1, 2, 0, 3, 4)
+
+
+def backward_batched_repeats(trans_n, plan: BatchPlan, saved, g):
+    r"""Pre-order pass of `forward_batched_repeats`, wave by wave from the root: each wave's
+    outside partials, times the sibling messages, are scattered onto the children's columns
+    of a buffer shaped like the forward one, where each child later finds them summed over
+    its parent's columns.
+
+    Padded columns get no gradient: the root has none, and a node's padded columns receive
+    nothing from its parent's scatter, so their outside partials, and what they scatter onto
+    their children, are zero."""
+    n, n_batch, n_cat = plan.n, trans_n.shape[1], trans_n.shape[2]
+    upper = trans_n.new_zeros(n_batch, n_cat, 4, plan.width)  # summed U of every node
+    mats = _step_matrices(trans_n, plan)
+    g = g[:, :, :, None]  # the root's wave: one step
+    grads = []
+    for r in range(len(plan.waves) - 1, -1, -1):
+        (first, count, width), start, index = plan.waves[r], plan.starts[r], plan.index[r]
+        both, part = saved[r]
+        if r < len(plan.waves) - 1:
+            u = upper[..., start : start + count * width].view(n_batch, n_cat, 4, count, width)
+            u = u.transpose(2, 3)  # (N, C, s, 4, w)
+            grads.append(u @ part.permute(0, 1, 3, 4, 2))  # d out / d P = U L^T
+            g = (mats[:, :, first : first + count].transpose(-1, -2) @ u).transpose(2, 3)
+        sides = both.flip(3) * g[:, :, :, None]  # [G * m_b, G * m_a]: U of each child
+        upper.scatter_add_(-1, index.expand(n_batch, n_cat, 4, -1), sides.flatten(3))
+    leaf_u = upper[..., : n * plan.leaf_width].view(n_batch, n_cat, 4, n, -1)
+    leaf_u = leaf_u.permute(3, 0, 1, 2, 4).reshape(n, -1, plan.leaf_width)
+    grad_n = torch.zeros_like(trans_n)
+    grad_n[:n] = torch.bmm(leaf_u, plan.tip_columns.transpose(-1, -2)).view(grad_n[:n].shape)
+    inner = torch.cat(grads[::-1], 2).permute(2, 0, 1, 3, 4)  # (steps-1, N, C, 4, 4)
+    grad_n.flatten(0, 1).index_copy_(0, plan.trans_index, inner.flatten(0, 1))
     return grad_n[: 2 * n - 3].transpose(0, 1)

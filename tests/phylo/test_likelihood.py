@@ -6,6 +6,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import models.phylo.clade_patterns as clade_patterns
 import models.phylo.pruning as pruning
 from models.phylo import (
     GTR,
@@ -232,13 +233,18 @@ def _count_passes(monkeypatch):
             return _original(*args)
 
         monkeypatch.setattr(pruning, name, spy)
-    original_repeats = pruning.forward_repeats
+    for name in ("forward_repeats", "forward_batched_repeats"):
+        original = getattr(pruning, name)
 
-    def spy_repeats(*args):
-        periods.append("repeats")  # unscaled, over distinct clade patterns
-        return original_repeats(*args)
+        def spy_repeats(*args, _original=original):
+            periods.append("repeats")  # unscaled, over distinct clade patterns
+            return _original(*args)
 
-    monkeypatch.setattr(pruning, "forward_repeats", spy_repeats)
+        monkeypatch.setattr(pruning, name, spy_repeats)
+    # no clades known yet (other tests must not decide which pass runs first here), and
+    # every batch examined (test_repeats checks the probing schedule)
+    monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
+    monkeypatch.setattr(clade_patterns, "_PROBE_EVERY", 1)
     return periods
 
 
@@ -257,7 +263,8 @@ def test_optimistic_unscaled_pass_is_kept_on_ds1(ds1, monkeypatch):
     children = torch.stack([t.children for t in trees[:3]])
     lengths = torch.stack([t.lengths for t in trees[:3]])
     periods = _count_passes(monkeypatch)
-    for topo, first in ((children, 0), (children[0], "repeats")):
+    # a batch of new topologies: unscaled over every pattern; seen again: over clade repeats
+    for topo, first in ((children, 0), (children, "repeats"), (children[0], "repeats")):
         periods.clear()
         fast = _value_and_grad(tips, weights, topo, lengths)
         assert periods == [first]  # unscaled, accepted

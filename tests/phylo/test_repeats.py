@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.phylo import JC69, pruning_log_likelihood
-from models.phylo.repeats import RepeatPlan, plan_for
+import models.phylo.clade_patterns as clade_patterns
+import models.phylo.pruning as pruning
+from models.phylo import JC69, pruning_log_likelihood, random_topologies
+from models.phylo.clade_patterns import CladePatterns, RepeatPlan, plan_for
+from tests.phylo.test_likelihood import _random_alignment, _value_and_grad
 
 
 def test_distinct_clade_patterns_match_numpy_on_ds1(ds1):
@@ -84,3 +87,140 @@ def test_batched_topologies_workspace_reused_across_calls(ds1):
     assert torch.equal(batch(5), first)  # the first result is not aliased to the scratch
     assert torch.allclose(first, one_by_one, rtol=1e-13, atol=0)
     assert torch.allclose(second, first[:3], rtol=1e-13, atol=0)
+
+
+# ------------------------------------------------- batches of topologies over clade repeats
+
+
+@pytest.fixture
+def fresh_patterns(monkeypatch):
+    """Empty clade caches, and repeats tried on every batch however few they are."""
+    monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
+    monkeypatch.setattr(clade_patterns, "_WORTHWHILE", 10.0)
+    monkeypatch.setattr(clade_patterns, "_PROBE_EVERY", 1)
+    calls = []
+    original = pruning.forward_batched_repeats
+
+    def spy(*args):
+        calls.append(args[1])  # the BatchPlan
+        return original(*args)
+
+    monkeypatch.setattr(pruning, "forward_batched_repeats", spy)
+    return calls
+
+
+def _clade_columns(block, taxa):
+    """Independent: distinct columns of the taxa's tip block, numbered by first occurrence."""
+    cols = block[taxa].reshape(-1, block.shape[-1]).T
+    _, first, inverse = np.unique(cols, axis=0, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return rank[inverse.ravel()], np.sort(first)
+
+
+def test_clade_ids_are_canonical_whatever_the_subtree(ds1):
+    aln, trees = ds1
+    tips = aln.partials().mT.contiguous()
+    patterns = CladePatterns(tips)
+    block, n = tips.numpy(), tips.shape[0]
+    seen = 0
+    for tree in trees[:6]:  # clades resolved differently below them across trees
+        rows = tree.children.tolist()
+        taxa = {c: [c] for c in range(n)}
+        ids = {c: patterns.known(1 << c)[0] for c in range(n)}
+        for j, (a, b) in enumerate(rows):
+            taxa[n + j] = taxa[a] + taxa[b]
+            key = sum(1 << t for t in taxa[n + j])
+            hit = patterns.known(key) or patterns.combine(key, ids[a], ids[b], ids[b].max() + 1)
+            expected_ids, expected_reps = _clade_columns(block, taxa[n + j])
+            np.testing.assert_array_equal(hit[0], expected_ids)
+            np.testing.assert_array_equal(hit[1], expected_reps)
+            ids[n + j] = hit[0]
+            seen += 1
+    assert seen == 6 * (n - 1)
+
+
+def test_a_clade_is_computed_on_its_second_sighting(ds1):
+    aln, trees = ds1
+    patterns = CladePatterns(aln.partials().mT.contiguous())
+    rows = trees[0].children.numpy()
+    first = patterns.tree(rows)
+    assert not first.complete and patterns.computed == 0  # all new: one column a site
+    assert (first.sizes[:-1] == aln.weights.numel()).all()  # ... but the root's
+    second = patterns.tree(rows)
+    assert second.complete and patterns.computed == first.nodes.size - 1
+    assert second.sizes.sum() == 5118  # as the one-topology plan
+    assert patterns.tree(rows) is second  # complete layouts are kept
+
+
+def test_batched_repeats_equal_the_rescaled_pass_on_ds1(ds1, fresh_patterns):
+    aln, trees = ds1
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    children = torch.stack([t.children for t in trees[:10]])
+    lengths = torch.stack([t.lengths for t in trees[:10]])
+    mixed = torch.cat([children[:5], random_topologies(27, 5, torch.Generator().manual_seed(0))])
+    for topo in (children, children, mixed):  # new clades, then known ones, then a mixture
+        fast = _value_and_grad(tips, weights, topo, lengths)
+        safe = _value_and_grad(tips, weights, topo, lengths, rescale_every=1, optimistic=False)
+        assert torch.allclose(fast[0], safe[0], rtol=1e-13)
+        assert torch.allclose(fast[1], safe[1], rtol=1e-11, atol=1e-10)
+    plans = fresh_patterns
+    assert len(plans) == 3
+    columns = [sum(count * width for _, count, width in p.waves) for p in plans]
+    assert columns[0] == 25 * 934 + 934  # first sighting: every site, but at the root
+    assert columns[1] < 0.3 * 26 * 934  # DS1: 6334 padded columns
+    assert columns[1] < columns[2] < columns[0]
+    assert any(count > 1 for _, count, _ in plans[1].waves)  # steps merged into waves
+
+
+def test_batched_repeats_gradcheck(fresh_patterns):
+    aln = _random_alignment(7, 40, seed=5)
+    g = torch.Generator().manual_seed(3)
+    children = random_topologies(7, 3, g)
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    trans = torch.rand(3, 11, 2, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    pi = torch.rand(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    cat = torch.rand(3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def f(trans, pi, cat):
+        return pruning_log_likelihood(tips, weights, children, trans, pi, cat)
+
+    f(trans, pi, cat)  # clades seen once: the second call compresses them
+    assert torch.autograd.gradcheck(f, (trans, pi, cat))
+    assert len(fresh_patterns) > 1 and fresh_patterns[-1].waves[0][2] < 40
+
+
+def test_batched_repeats_sum_duplicate_site_columns(ds1, fresh_patterns):
+    aln, trees = ds1
+    tips, weights = aln.partials().mT.contiguous(), aln.weights.clone()
+    # the first 100 patterns again, the weights split between the copies
+    doubled = torch.cat([tips, tips[..., :100]], -1)
+    split = torch.cat([weights, weights[:100] * 0.25])
+    split[:100] *= 0.75
+    children = torch.stack([t.children for t in trees[:4]])
+    lengths = torch.stack([t.lengths for t in trees[:4]])
+    trans = JC69().transition_matrices({}, lengths)[..., None, :, :]
+    pi = torch.full((4,), 0.25, dtype=torch.float64)
+    expected = pruning_log_likelihood(tips, weights, children, trans, pi, optimistic=False)
+    for _ in range(2):
+        got = pruning_log_likelihood(doubled, split, children, trans, pi)
+        assert torch.allclose(got, expected, rtol=1e-13)
+    assert fresh_patterns[-1].root_ids.max() == 933  # duplicates share the root's columns
+
+
+def test_batches_without_repeats_are_probed_one_in_eight(ds1, monkeypatch):
+    monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
+    aln, trees = ds1
+    tips = aln.partials().mT.contiguous()
+    credible = torch.stack([t.children for t in trees[:10]])
+    g = torch.Generator().manual_seed(1)
+    examined, worthwhile = [], []
+    for call in range(1, 41):
+        topo = random_topologies(27, 10, g) if call <= 16 else credible
+        plan = clade_patterns.BatchPlan(tips, topo, reuse=True)
+        examined += [call] if plan.examined else []
+        worthwhile += [call] if plan.worthwhile else []
+    # new random topologies never pay: the first batch, then one in eight; the credible
+    # set's clades are new at its first probe (24) and compressed at the next (32), from
+    # which on every batch is examined
+    assert examined == [1, 8, 16, 24, *range(32, 41)]
+    assert worthwhile == list(range(32, 41))
