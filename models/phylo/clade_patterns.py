@@ -402,3 +402,29 @@ class BatchPlan:
         self.tip_columns = patterns.tip_columns.to(device)
         self.root_ids = patterns.root_ids(device)
         self.n, self.steps, self.leaf_width = n, steps, leaf_width
+
+
+_BATCHES: list = []  # (patterns, children bytes, plan) of batches met twice, latest last
+_BATCHES_SEEN: list = []  # (patterns, children bytes) of batches met once
+_BATCHES_KEPT = 4
+
+
+def batch_plan_for(tips: Tensor, children: Tensor, keep: bool) -> BatchPlan:
+    """The `BatchPlan` of ``tips`` and topologies ``(N, n-1, 2)``: kept once the same batch
+    comes a second time (a fixed set of topologies evaluated at every step), else built in
+    scratch memory unless ``keep`` (a backward pass will read it)."""
+    patterns, key = patterns_for(tips), children.cpu().numpy().tobytes()
+    for i, (p, k, plan) in enumerate(_BATCHES):
+        if p is patterns and k == key:
+            _BATCHES.append(_BATCHES.pop(i))
+            return plan
+    if not any(p is patterns and k == key for p, k in _BATCHES_SEEN):
+        _BATCHES_SEEN.append((patterns, key))
+        del _BATCHES_SEEN[: -4 * _BATCHES_KEPT]
+        return BatchPlan(tips, children, reuse=not keep)
+    plan = BatchPlan(tips, children)
+    if plan.worthwhile:
+        _BATCHES.append((patterns, key, plan))
+        del _BATCHES[:-_BATCHES_KEPT]
+    return plan
+

@@ -23,11 +23,13 @@ written by hand because autograd through in-place buffers costs :math:`O(n^2)` m
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .clade_patterns import BatchPlan, plan_for
+from .clade_patterns import batch_plan_for, plan_for
 from .repeats import (
     backward_batched_repeats,
     backward_repeats,
@@ -70,21 +72,31 @@ def _accept(period: int, smallest: Tensor) -> bool:
 
 
 class _Schedule:
-    """Row-wise gathers from node-major buffers ``(nodes, N, ...)`` and parent positions."""
+    """Row-wise gathers from node-major buffers ``(nodes, N, ...)`` and parent positions
+    (built on first use: a batch pruned over clade repeats needs neither)."""
 
     def __init__(self, children: Tensor, n_batch: int) -> None:
         self.shared = children.dim() == 2
+        self.children, self.n_batch = children, n_batch
         if self.shared:  # one topology: plain slices, no index tensors
             self.rows = children.tolist()
-            return
+
+    @functools.cached_property
+    def idx(self) -> Tensor:
+        """``(rows, 2, N)`` rows of both children in the flattened node-major buffer."""
+        ar = torch.arange(self.n_batch, device=self.children.device)
+        return (self.children * self.n_batch + ar[:, None, None]).permute(1, 2, 0).contiguous()
+
+    @functools.cached_property
+    def slot(self) -> Tensor:
+        """``(nodes, N)`` position ``2 * row + side`` of every node in its parent's row."""
+        children, n_batch = self.children, self.n_batch
         m = children.shape[-2]
         ar = torch.arange(n_batch, device=children.device)
-        self.idx = (children * n_batch + ar[:, None, None]).permute(1, 2, 0).contiguous()
-        # position (2 * row + side) of every node in its parent's row, per tree
         slots = torch.arange(2 * m, device=children.device).expand(n_batch, 2 * m)
         pos = torch.zeros(n_batch, 2 * m + 1, dtype=torch.long, device=children.device)
         pos.scatter_(1, children.reshape(n_batch, 2 * m), slots)
-        self.slot = (pos * n_batch + ar[:, None]).T.contiguous()  # (nodes, N) into (2m*N)
+        return (pos * n_batch + ar[:, None]).T.contiguous()  # into (2m*N)
 
 
 def _forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low):
@@ -143,7 +155,7 @@ class Pruning(torch.autograd.Function):
             if sched.shared:
                 plan, rows = plan_for(tips, sched.rows), sched.rows
                 result = forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep)
-            elif (plan := BatchPlan(tips, children, reuse=not keep)).worthwhile:
+            elif (plan := batch_plan_for(tips, children, keep)).worthwhile:
                 result = forward_batched_repeats(trans_n, plan, freqs, cat_w, weights, keep)
             if result is None:  # unscaled over every site pattern first
                 periods = [0, *periods]

@@ -224,3 +224,16 @@ def test_batches_without_repeats_are_probed_one_in_eight(ds1, monkeypatch):
     # which on every batch is examined
     assert examined == [1, 8, 16, 24, *range(32, 41)]
     assert worthwhile == list(range(32, 41))
+
+
+def test_a_batch_met_twice_keeps_its_plan(ds1, monkeypatch):
+    monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
+    monkeypatch.setattr(clade_patterns, "_PROBE_EVERY", 1)
+    aln, trees = ds1
+    tips = aln.partials().mT.contiguous()
+    batch = torch.stack([t.children for t in trees[:5]])
+    plans = [clade_patterns.batch_plan_for(tips, batch, keep=False) for _ in range(4)]
+    assert not plans[0].worthwhile  # clades new: every site
+    assert plans[1].worthwhile and plans[2] is plans[1] and plans[3] is plans[1]
+    other = clade_patterns.batch_plan_for(tips, batch[:4], keep=False)
+    assert other is not plans[1] and other.worthwhile  # its clades are known by now
