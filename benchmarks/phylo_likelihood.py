@@ -13,8 +13,9 @@ likelihood runs first (underflows beyond ~100 taxa); ``varinf`` is our default (
 pass, over clade site repeats where they pay, kept unless a pattern likelihood falls below
 1e-290, else the rescaled pass), ``varinf-rs`` always rescales (``optimistic=False``).
 
-Timings interleave the implementations round by round (the machine is shared) and keep each
-one's best round. Run with ``python benchmarks/phylo_likelihood.py [--device cuda]
+Timings interleave the implementations round by round (the machine is shared): the table
+shows each one's best round, the speed-ups the median over rounds of the ratio within a
+round. Run with ``python benchmarks/phylo_likelihood.py [--device cuda]
 [--repeats 20] [--rounds 7]``; one intra-op thread. The checkout's own ``models`` package is
 imported (not an installed copy elsewhere).
 """
@@ -22,6 +23,7 @@ imported (not an installed copy elsewhere).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,14 +45,15 @@ from models.phylo import (  # noqa: E402
 DATA = ROOT / ".." / "shared" / "data" / "phylo" / "bito_ds1"
 
 
-def timed_rounds(fns, repeats: int, rounds: int, device: torch.device) -> list[float]:
-    """Best mean milliseconds per call of each function, over rounds that run every
-    function ``repeats`` times in turn (so they all meet the same background load)."""
-    best = [float("inf")] * len(fns)
+def timed_rounds(fns, repeats: int, rounds: int, device: torch.device) -> list[list[float]]:
+    """Mean milliseconds per call of each function in each round; a round runs every
+    function ``repeats`` times in turn, so within a round they meet the same load."""
     for fn in fns:
         fn()
+    times = []
     for _ in range(rounds):
-        for i, fn in enumerate(fns):
+        times.append([])
+        for fn in fns:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -58,8 +61,13 @@ def timed_rounds(fns, repeats: int, rounds: int, device: torch.device) -> list[f
                 fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            best[i] = min(best[i], (time.perf_counter() - start) / repeats * 1e3)
-    return best
+            times[-1].append((time.perf_counter() - start) / repeats * 1e3)
+    return times
+
+
+def speedup(times: list[list[float]]) -> float:
+    """Median over rounds of torchtree's faster variant's time over ours (paired by round)."""
+    return statistics.median(min(row[2:]) / row[0] for row in times)
 
 
 def ours(tips, weights, children, lengths, optimistic=True):
@@ -169,17 +177,19 @@ def main() -> None:
 
             fwd.append(forward)
             grad.append(gradient)
-        f = timed_rounds(fwd, args.repeats, args.rounds, device)
-        g = timed_rounds(grad, args.repeats, args.rounds, device)
+        f_rounds = timed_rounds(fwd, args.repeats, args.rounds, device)
+        g_rounds = timed_rounds(grad, args.repeats, args.rounds, device)
+        f, g = (list(map(min, zip(*rounds, strict=True))) for rounds in (f_rounds, g_rounds))
         k = len(lengths)
         for (impl, _), fi, gi in zip(impls, f, g, strict=True):
             print(f"{name:<15}{impl:<11}{fi:>10.3f} ({fi / k:>6.3f}){gi:>12.3f} ({gi / k:>6.3f})")
         if tt is not None:
-            summary.append((name, min(f[2:]) / f[0], min(g[2:]) / g[0]))
+            summary.append((name, speedup(f_rounds), speedup(g_rounds)))
     if tt is None:
         print("torchtree not installed: pip install -c constraints.txt torchtree")
         return
-    print("\nspeed-up over torchtree's faster variant (its time / ours), forward and gradient")
+    print("\nspeed-up over torchtree's faster variant (its time / ours, median of rounds)")
+    print(f"{'case':<15}{'loglik':>9}{'+grad':>10}")
     for name, sf, sg in summary:
         print(f"{name:<15}{sf:>8.2f}x{sg:>9.2f}x")
 

@@ -33,7 +33,7 @@ from .workspace import workspace
 
 _CACHE_BYTES = 1 << 27  # per alignment: bounds the clade table (~128 MiB of int64 ids)
 _WORTHWHILE = 0.6  # largest share of all site columns for which repeats pay for their setup
-_PROBE_EVERY = 8
+_PROBE_FIRST, _PROBE_LAST = 8, 64
 _ALIGNMENTS: list = []  # (copy of tips, tips, its version, CladePatterns), most recent last
 _ALIGNMENTS_KEPT = 4
 
@@ -76,7 +76,8 @@ class CladePatterns:
         self.root_key = (1 << self.n) - 1
         self._root_columns = _distinct_columns(block.reshape(-1, self.n_patterns).T)
         self.computed = 0  # clades computed so far
-        self._paying, self._batches = True, 0  # whether the last batch tried used repeats
+        # whether the last batch examined used repeats; if not, when and how far apart to look
+        self._paying, self._batches, self._next, self._interval = True, 0, 0, _PROBE_FIRST
         self._root: Tensor | None = None
 
     def known(self, key: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -111,13 +112,20 @@ class CladePatterns:
 
     def should_try(self) -> bool:
         """Whether a batch of topologies should look for repeats: always while they pay,
-        else one batch in `_PROBE_EVERY` (new random topologies share few clades, and
-        looking costs ~0.1 ms a tree; the probes keep learning the clades that recur)."""
+        else at probes spaced 8, 16, 32 then 64 batches apart (new random topologies share
+        few clades, and looking costs ~0.1 ms a tree; the probes learn the clades that
+        recur, and a probe that pays makes every batch look again)."""
         self._batches += 1
-        return self._paying or self._batches % _PROBE_EVERY == 0
+        return self._paying or self._batches >= self._next
 
     def record(self, paying: bool) -> None:
+        """The outcome of a batch that looked."""
         self._paying = paying
+        if paying:
+            self._interval = _PROBE_FIRST
+        else:
+            self._next = self._batches + self._interval
+            self._interval = min(2 * self._interval, _PROBE_LAST)
 
     def tree(self, rows: np.ndarray) -> TreeLayout:
         """The `TreeLayout` of one topology ``(n-1, 2)``, kept once every clade in it is

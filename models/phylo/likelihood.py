@@ -10,8 +10,9 @@ for the children :math:`a, b` of :math:`v`, and a site pattern's likelihood is
 One loop of :math:`n-1` steps visits the rows of the ``(…, n-1, 2)`` child table
 (`models.phylo.topology`); each step is one product and one batched matrix product over every
 particle, topology, rate category and site pattern at once (`models.phylo.pruning`). A first
-pass runs unscaled and, for one topology, over each node's distinct clade patterns only
-(`models.phylo.repeats`); it is kept when every pattern's likelihood exceeds 1e-290. Otherwise
+pass runs unscaled and over each node's distinct clade patterns only (`models.phylo.repeats`;
+for a batch of topologies, once their clades recur); it is kept when every pattern's
+likelihood exceeds 1e-290. Otherwise
 partials are rescaled by their maximum over states and categories every few nodes and the logs
 of the factors summed, so thousands of taxa do not underflow in float64.
 

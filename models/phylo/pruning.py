@@ -7,8 +7,10 @@ frequencies ``(N, 4)``, category weights ``(N, C)``, tip partials ``(n, 4, P)``,
 Optimistic first pass: without any rescaling (no reductions, no divisions, no logs of scale
 factors). It is kept when every pattern's likelihood exceeds 1e-290, which float64 reaches on
 trees of a few hundred taxa; otherwise (deep trees, long branches) the pass is redone with
-rescaling, so the answer never depends on luck, only the cost does. For one topology the
-unscaled pass prunes each node over its distinct clade patterns (`models.phylo.repeats`).
+rescaling, so the answer never depends on luck, only the cost does. The unscaled pass prunes
+each node over its distinct clade patterns (`models.phylo.repeats`): always for one topology,
+and for a batch of topologies when their clades recur enough to pay for the set-up
+(`models.phylo.clade_patterns.BatchPlan`; otherwise over every site pattern).
 
 Two paths. With one topology (particles), each node is its own ``(N, C, 4, P)`` tensor, freed
 (or kept for the gradient) as soon as its parent is done: a small working set and no page

@@ -244,7 +244,8 @@ def _count_passes(monkeypatch):
     # no clades known yet (other tests must not decide which pass runs first here), and
     # every batch examined (test_repeats checks the probing schedule)
     monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
-    monkeypatch.setattr(clade_patterns, "_PROBE_EVERY", 1)
+    monkeypatch.setattr(clade_patterns, "_PROBE_FIRST", 0)
+    monkeypatch.setattr(clade_patterns, "_PROBE_LAST", 0)
     return periods
 
 

@@ -97,7 +97,8 @@ def fresh_patterns(monkeypatch):
     """Empty clade caches, and repeats tried on every batch however few they are."""
     monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
     monkeypatch.setattr(clade_patterns, "_WORTHWHILE", 10.0)
-    monkeypatch.setattr(clade_patterns, "_PROBE_EVERY", 1)
+    monkeypatch.setattr(clade_patterns, "_PROBE_FIRST", 0)
+    monkeypatch.setattr(clade_patterns, "_PROBE_LAST", 0)
     calls = []
     original = pruning.forward_batched_repeats
 
@@ -207,28 +208,29 @@ def test_batched_repeats_sum_duplicate_site_columns(ds1, fresh_patterns):
     assert fresh_patterns[-1].root_ids.max() == 933  # duplicates share the root's columns
 
 
-def test_batches_without_repeats_are_probed_one_in_eight(ds1, monkeypatch):
+def test_batches_without_repeats_are_probed_ever_more_rarely(ds1, monkeypatch):
     monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
     aln, trees = ds1
     tips = aln.partials().mT.contiguous()
     credible = torch.stack([t.children for t in trees[:10]])
     g = torch.Generator().manual_seed(1)
     examined, worthwhile = [], []
-    for call in range(1, 41):
+    for call in range(1, 61):
         topo = random_topologies(27, 10, g) if call <= 16 else credible
         plan = clade_patterns.BatchPlan(tips, topo, reuse=True)
         examined += [call] if plan.examined else []
         worthwhile += [call] if plan.worthwhile else []
-    # new random topologies never pay: the first batch, then one in eight; the credible
-    # set's clades are new at its first probe (24) and compressed at the next (32), from
-    # which on every batch is examined
-    assert examined == [1, 8, 16, 24, *range(32, 41)]
-    assert worthwhile == list(range(32, 41))
+    # new random topologies never pay: the first batch, then probes 8, 16, 32 apart; the
+    # credible set's clades are new at its first probe (25) and compressed at the next
+    # (57), from which on every batch is examined
+    assert examined == [1, 9, 25, 57, 58, 59, 60]
+    assert worthwhile == [57, 58, 59, 60]
 
 
 def test_a_batch_met_twice_keeps_its_plan(ds1, monkeypatch):
     monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
-    monkeypatch.setattr(clade_patterns, "_PROBE_EVERY", 1)
+    monkeypatch.setattr(clade_patterns, "_PROBE_FIRST", 0)
+    monkeypatch.setattr(clade_patterns, "_PROBE_LAST", 0)
     aln, trees = ds1
     tips = aln.partials().mT.contiguous()
     batch = torch.stack([t.children for t in trees[:5]])
