@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .workspace import workspace
 
-_CACHE_BYTES = 1 << 27  # per alignment: bounds the clade table (~128 MiB of int64 ids)
+_CACHE_BYTES = 1 << 27  # per alignment and table: clades, tree layouts (128 MiB each)
 _WORTHWHILE = 0.6  # largest share of all site columns for which repeats pay for their setup
 _PROBE_FIRST, _PROBE_LAST = 8, 64
 _ALIGNMENTS: list = []  # (copy of tips, tips, its version, CladePatterns), most recent last
@@ -69,7 +69,9 @@ class CladePatterns:
         for c, (_, reps) in enumerate(self._leaves):
             cols[c, :, : reps.size] = block[c][:, reps]
         self.tip_columns = torch.from_numpy(cols).to(tips.device)  # zero-padded (n, 4, KL)
+        # each cache within _CACHE_BYTES: a clade's ids are P int64, a layout at most 2(n-1)P
         self._max_entries = max(256, _CACHE_BYTES // (8 * self.n_patterns))
+        self._max_trees = max(16, _CACHE_BYTES // (16 * (self.n - 1) * self.n_patterns))
         self._clades: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._seen: OrderedDict[int, None] = OrderedDict()  # clades met once, not yet kept
         self._trees: OrderedDict[bytes, TreeLayout] = OrderedDict()
@@ -96,7 +98,7 @@ class CladePatterns:
         """Whether clade ``key`` was asked about before (it is remembered from now on)."""
         if key in self._seen:
             return True
-        self._remember(self._seen, key, None)
+        self._remember(self._seen, key, None, 4 * self._max_entries)
         return False
 
     def combine(self, key: int, ids_a: np.ndarray, ids_b: np.ndarray, k_b: int):
@@ -108,7 +110,8 @@ class CladePatterns:
         _, first, inverse = np.unique(ids_a * k_b + ids_b, return_index=True,
                                       return_inverse=True)  # fmt: skip
         self.computed += 1
-        return self._remember(self._clades, key, _first_occurrence_order(first, inverse))
+        value = _first_occurrence_order(first, inverse)
+        return self._remember(self._clades, key, value, self._max_entries)
 
     def should_try(self) -> bool:
         """Whether a batch of topologies should look for repeats: always while they pay,
@@ -136,7 +139,9 @@ class CladePatterns:
             self._trees.move_to_end(key)
             return hit
         layout = TreeLayout(self, rows.tolist())
-        return self._remember(self._trees, key, layout) if layout.complete else layout
+        if layout.complete:
+            self._remember(self._trees, key, layout, self._max_trees)
+        return layout
 
     def root_ids(self, device: torch.device) -> Tensor:
         """``(P,)``: the root's (all taxa) distinct column of every site pattern."""
@@ -144,9 +149,10 @@ class CladePatterns:
             self._root = torch.from_numpy(self._root_columns[0]).to(device)
         return self._root
 
-    def _remember(self, table: OrderedDict, key, value):
+    @staticmethod
+    def _remember(table: OrderedDict, key, value, limit: int):
         table[key] = value
-        if len(table) > self._max_entries:
+        if len(table) > limit:
             table.popitem(last=False)
         return value
 
