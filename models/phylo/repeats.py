@@ -101,14 +101,20 @@ def forward_batched_repeats(trans_n, plan: BatchPlan, freqs, cat_w, weights, kee
     saved = []
     for (first, count, width), start, index in zip(plan.waves, plan.starts, plan.index,
                                                    strict=True):  # fmt: skip
-        both = buffer.gather(-1, index.expand(n_batch, n_cat, 4, -1))
+        shape = (n_batch, n_cat, 4, index.shape[-1])
+        if keep:  # kept for the backward pass
+            both = buffer.gather(-1, index.expand(shape))
+        else:  # scratch memory: no page faults for a fresh tensor at every wave
+            both = torch.gather(buffer, -1, index.expand(shape),
+                                out=workspace("gathered children", shape, trans_n))  # fmt: skip
         both = both.view(n_batch, n_cat, 4, 2, count, width)
         first_child, second_child = both.unbind(3)
         part = first_child * second_child if keep else first_child.mul_(second_child)
         if keep:
             saved.append((both, part))
         if first + count < plan.steps:  # all but the root's wave
-            up = mats[:, :, first : first + count] @ part.transpose(2, 3)  # (N, C, s, 4, w)
+            up = workspace("messages up", (n_batch, n_cat, count, 4, width), trans_n)
+            torch.matmul(mats[:, :, first : first + count], part.transpose(2, 3), out=up)
             block = buffer[..., start : start + count * width]
             block.view(n_batch, n_cat, 4, count, width).copy_(up.transpose(2, 3))
     root = part[:, :, :, 0]  # (N, C, 4, K_root)
