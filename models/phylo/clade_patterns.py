@@ -7,15 +7,18 @@ Flouri 2017). For a clade :math:`v` with :math:`K_v` distinct columns we keep
 * ``ids_v`` ``(P,)``: the distinct column of every site pattern, numbered in order of first
   occurrence (a canonical order, so it depends on the clade alone, not on how the subtree
   below it is resolved), and
-* for every split :math:`v = a \cup b` met in a tree, ``x`` ``(2, K_v)``: the columns of
-  :math:`a` and :math:`b` that each column of :math:`v` is built from, so that
-  :math:`L_v = (P_a L_a)[\,\cdot, x_0] \odot (P_b L_b)[\,\cdot, x_1]`.
+* ``reps_v`` ``(K_v,)``: the first site of each distinct column.
 
-``ids_v`` comes from ``ids_a * K_b + ids_b`` with one `numpy.unique` (the pair of child
-columns identifies the parent's column). Both tables are cached per alignment
-(`patterns_for`) and keyed by clades (bitmasks as Python ints, so any number of taxa), so the
-topologies a variational guide samples over and over, which share most of their clades, cost
-a dictionary lookup per node. Written by hand: no library keeps clade-indexed site repeats.
+For a node :math:`v = a \cup b` of a tree, ``x = (ids_a[reps_v], ids_b[reps_v])`` are the
+children's columns that each column of :math:`v` is built from, so that
+:math:`L_v = (P_a L_a)[\,\cdot, x_0] \odot (P_b L_b)[\,\cdot, x_1]`. ``ids_v`` comes from
+``ids_a * K_b + ids_b`` with one `numpy.unique` (the pair of child columns identifies the
+parent's column). The table is cached per alignment (`patterns_for`) and keyed by clades
+(bitmasks as Python ints, so any number of taxa), so the topologies a variational guide
+samples over and over, which share most of their clades, cost a dictionary lookup per node.
+A clade is computed on its second sighting; a node whose clade is not kept uses one column per
+site (``ids`` the identity), which needs no set-up. Written by hand: no library keeps
+clade-indexed site repeats.
 
 `RepeatPlan` lays this out for one topology (`models.phylo.repeats.forward_repeats`);
 `BatchPlan` for a batch of different topologies (`forward_batched_repeats`).
