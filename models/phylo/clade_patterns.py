@@ -26,6 +26,7 @@ clade-indexed site repeats.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 
 import numpy as np
@@ -72,15 +73,17 @@ class CladePatterns:
         for c, (_, reps) in enumerate(self._leaves):
             cols[c, :, : reps.size] = block[c][:, reps]
         self.tip_columns = torch.from_numpy(cols).to(tips.device)  # zero-padded (n, 4, KL)
-        # each cache within _CACHE_BYTES: a clade's ids are P int64, a layout at most 2(n-1)P
+        # each cache within _CACHE_BYTES: a clade's ids are P int64, a tree's columns and
+        # index row at most 2(n-1)P each
         self._max_entries = max(256, _CACHE_BYTES // (8 * self.n_patterns))
-        self._max_trees = max(16, _CACHE_BYTES // (16 * (self.n - 1) * self.n_patterns))
+        self._max_trees = max(16, _CACHE_BYTES // (32 * (self.n - 1) * self.n_patterns))
         self._clades: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._seen: OrderedDict[int, None] = OrderedDict()  # clades met once, not yet kept
         self._trees: OrderedDict[bytes, TreeLayout] = OrderedDict()
         self.root_key = (1 << self.n) - 1
         self._root_columns = _distinct_columns(block.reshape(-1, self.n_patterns).T)
         self.computed = 0  # clades computed so far
+        self._layout: Layout | None = None
         # whether the last batch examined used repeats; if not, when and how far apart to look
         self._paying, self._batches, self._next, self._interval = True, 0, 0, _PROBE_FIRST
         self._root: Tensor | None = None
@@ -115,6 +118,17 @@ class CladePatterns:
         self.computed += 1
         value = _first_occurrence_order(first, inverse)
         return self._remember(self._clades, key, value, self._max_entries)
+
+    def fit_layout(self, widths: np.ndarray, last_child: np.ndarray) -> Layout:
+        """The alignment's `Layout`, widened (a new version) if a batch's step widths or
+        dependencies do not fit it."""
+        if self._layout is None or not self._layout.holds(widths, last_child):
+            if self._layout is not None:
+                widths = np.maximum(widths, self._layout.step_max)
+                last_child = np.maximum(last_child, self._layout.last_child)
+            version = 0 if self._layout is None else self._layout.version + 1
+            self._layout = Layout(widths, last_child, version)
+        return self._layout
 
     def should_try(self) -> bool:
         """Whether a batch of topologies should look for repeats: always while they pay,
@@ -295,6 +309,15 @@ class TreeLayout:
         self.complete = all(i is not None for i in ids.values())
         self._columns = None
 
+    def row(self, layout: Layout, leaf_end: int, leaf_width: int) -> np.ndarray:
+        """This tree's index row in ``layout`` (`_assemble` for a batch of one), kept."""
+        if getattr(self, "_row_version", None) != layout.version:
+            spans = sum(count * w for _, count, w in layout.waves)
+            out = np.empty(2 * spans, dtype=np.int64)
+            self._row = _assemble([self], layout.waves, layout.widths, leaf_end, leaf_width, out)
+            self._row_version = layout.version
+        return self._row
+
     @property
     def columns(self) -> np.ndarray:
         if self._columns is None:  # built on first use: a batch may not use the layout
@@ -321,6 +344,55 @@ def plan_for(tips: Tensor, rows: list[list[int]]) -> RepeatPlan:
     _PLANS.append((patterns, key, plan))
     del _PLANS[:-_PLANS_KEPT]
     return plan
+
+
+def _assemble(trees, waves, widths, leaf_end: int, leaf_width: int, out: np.ndarray):
+    """Both children's buffer columns at every step of every tree, into ``out``: wave after
+    wave, tree after tree within a wave, the first children's columns then the second's;
+    a step's columns are padded to its width with its child's first column."""
+    n_batch = len(trees)
+    sizes = np.stack([t.sizes for t in trees])
+    child = np.stack([t.child_steps for t in trees]).transpose(2, 0, 1)  # (2, N, steps)
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]])  # each step's first column
+    offsets = leaf_end + starts
+    # every child's first buffer column: its leaf block, or the block of its step
+    base = np.where(child >= 0, offsets[np.maximum(child, 0)], (-1 - child) * leaf_width)
+    wave_of = np.repeat(np.arange(len(waves)), [count for _, count, _ in waves])
+    spans = np.array([count * w for _, count, w in waves])
+    wave_starts = np.concatenate([[0], np.cumsum(spans)[:-1]])
+    within = starts - starts[[waves[w][0] for w in wave_of]]  # step's place in its wave
+    tree_side = np.arange(n_batch)[:, None] * 2 + np.arange(2)[:, None, None]  # (2, N, 1)
+    head = n_batch * 2 * wave_starts[wave_of] + tree_side * spans[wave_of] + within
+    order = np.argsort(head.ravel(), kind="stable")
+    # padding columns repeat the child's first column; real ones add the split's columns
+    index = _repeat(base.ravel()[order], np.broadcast_to(widths, base.shape).ravel()[order],
+                    0, out)  # fmt: skip
+    k = sizes.ravel()
+    ends = np.cumsum(k)
+    # each split column's place in ``index``: its segment's head plus its rank in it
+    shift = head.reshape(2, -1) - ends + k
+    shift[1] -= ends[-1]  # one run over both sides: positions go on past the first
+    columns = _repeat(shift.ravel(), np.tile(k, 2), 1, _scratch("plan columns", 2 * ends[-1]))
+    split_columns = _scratch("plan split columns", 2 * ends[-1]).reshape(2, -1)
+    np.concatenate([t.columns for t in trees], 1, out=split_columns)
+    # (torch: numpy's fancy ``+=`` is ten times slower)
+    torch.from_numpy(index).index_add_(0, torch.from_numpy(columns),
+                                       torch.from_numpy(split_columns).flatten())  # fmt: skip
+    return index
+
+
+class Layout:
+    """An alignment's step widths and waves, shared by every batch of compressed trees so
+    that each tree's index rows are computed once (`TreeLayout.row`): the widths are the
+    running maximum over the trees met, and the waves respect every tree's dependencies."""
+
+    def __init__(self, widths: np.ndarray, last_child: np.ndarray, version: int) -> None:
+        self.step_max, self.last_child, self.version = widths, last_child, version
+        self.waves = _waves(widths.tolist(), last_child.tolist())
+        self.widths = np.array([w for _, count, w in self.waves for _ in range(count)])
+
+    def holds(self, widths: np.ndarray, last_child: np.ndarray) -> bool:
+        return bool((widths <= self.step_max).all() and (last_child <= self.last_child).all())
 
 
 class BatchPlan:
@@ -367,45 +439,33 @@ class BatchPlan:
             return
         trees = [patterns.tree(tree) for tree in children.cpu().numpy()]
         sizes = np.stack([t.sizes for t in trees])  # (N, steps); numpy: ~1 µs an op, not ~5
-        child = np.stack([t.child_steps for t in trees])  # (N, steps, 2)
-        self.waves = _waves(sizes.max(0).tolist(), child.max((0, 2)).tolist())
+        last_child = np.stack([t.child_steps for t in trees]).max((0, 2))
+        layout = None
+        if all(t.complete for t in trees):  # the alignment's layout, each tree's rows kept
+            layout = patterns.fit_layout(sizes.max(0), last_child)
+            self.waves = layout.waves
+        else:
+            self.waves = _waves(sizes.max(0).tolist(), last_child.tolist())
         widths = np.array([w for _, count, w in self.waves for _ in range(count)])
         # few repeats (new random topologies): the plain pass over every pattern is cheaper
         self.worthwhile = widths.sum() <= _WORTHWHILE * steps * patterns.n_patterns
         patterns.record(self.worthwhile)
         if not self.worthwhile:
             return
-        starts = np.concatenate([[0], np.cumsum(widths)[:-1]])  # each step's first column
-        offsets = n * leaf_width + starts
-        # every child's first buffer column: its leaf block, or the block of its step
-        child = child.transpose(2, 0, 1)  # (2, N, steps)
-        base = np.where(child >= 0, offsets[np.maximum(child, 0)], (-1 - child) * leaf_width)
-        # final layout: per wave, per tree, both children's columns, side after side
-        wave_of = np.repeat(np.arange(len(self.waves)), [count for _, count, _ in self.waves])
+        offsets = n * leaf_width + np.concatenate([[0], np.cumsum(widths)[:-1]])
         spans = np.array([count * w for _, count, w in self.waves])
-        wave_starts = np.concatenate([[0], np.cumsum(spans)[:-1]])
-        within = starts - starts[[self.waves[w][0] for w in wave_of]]  # step's place in wave
-        tree_side = np.arange(n_batch)[:, None] * 2 + np.arange(2)[:, None, None]  # (2, N, 1)
-        head = n_batch * 2 * wave_starts[wave_of] + tree_side * spans[wave_of] + within
-        order = np.argsort(head.ravel(), kind="stable")
-        # padding columns repeat the child's first column; real ones add the split's columns
-        seg_widths = np.broadcast_to(widths, base.shape).ravel()[order]
-        total = int(seg_widths.sum())
+        total = n_batch * 2 * int(spans.sum())
         out = _scratch("plan index", total) if reuse else np.empty(total, dtype=np.int64)
-        index = _repeat(base.ravel()[order], seg_widths, 0, out)
-        k = sizes.ravel()
-        ends = np.cumsum(k)
-        # each split column's place in ``index``: its segment's head plus its rank in it
-        shift = head.reshape(2, -1) - ends + k
-        shift[1] -= ends[-1]  # one run over both sides: positions go on past the first
-        columns = _repeat(shift.ravel(), np.tile(k, 2), 1, _scratch("plan columns", 2 * ends[-1]))
-        split_columns = _scratch("plan split columns", 2 * ends[-1]).reshape(2, -1)
-        np.concatenate([t.columns for t in trees], 1, out=split_columns)
-        # (torch: numpy's fancy ``+=`` is ten times slower)
-        torch.from_numpy(index).index_add_(0, torch.from_numpy(columns),
-                                           torch.from_numpy(split_columns).flatten())  # fmt: skip
-        cuts = np.cumsum(n_batch * 2 * spans)
-        blocks = np.split(index, cuts[:-1])
+        if layout is None:
+            index = _assemble(trees, self.waves, widths, n * leaf_width, leaf_width, out)
+        else:  # stack the trees' rows, wave by wave
+            rows = _scratch("plan rows", total).reshape(n_batch, -1)
+            np.stack([t.row(layout, n * leaf_width, leaf_width) for t in trees], out=rows)
+            index, edges = out, np.concatenate([[0], np.cumsum(2 * spans)])
+            for lo, hi in itertools.pairwise(edges):
+                index[n_batch * lo : n_batch * hi].reshape(n_batch, -1)[:] = rows[:, lo:hi]
+        cuts = np.concatenate([[0], np.cumsum(n_batch * 2 * spans)])
+        blocks = [index[lo:hi] for lo, hi in itertools.pairwise(cuts)]
         nodes = np.stack([t.nodes for t in trees])[:, : steps - 1].T * n_batch
         blocks.append((nodes + np.arange(n_batch)).ravel())
         if device.type == "cpu":  # no concatenation, no fresh memory

@@ -239,3 +239,31 @@ def test_a_batch_met_twice_keeps_its_plan(ds1, monkeypatch):
     assert plans[1].worthwhile and plans[2] is plans[1] and plans[3] is plans[1]
     other = clade_patterns.batch_plan_for(tips, batch[:4], keep=False)
     assert other is not plans[1] and other.worthwhile  # its clades are known by now
+
+
+def test_batches_share_the_alignment_layout_as_it_widens(ds1, fresh_patterns):
+    aln, trees = ds1
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    every = torch.stack([t.children for t in trees[:20]])
+    lengths = torch.stack([t.lengths for t in trees[:20]])
+    patterns = clade_patterns.patterns_for(tips)
+    for topo in (every, every):  # every clade seen twice: compressed
+        pruning_log_likelihood(
+            tips,
+            weights,
+            topo,
+            JC69().transition_matrices({}, lengths)[..., None, :, :],
+            torch.full((4,), 0.25, dtype=torch.float64),
+        )
+    versions = []
+    for first in (0, 5, 10, 3):  # overlapping batches of ten
+        topo, x = every[first : first + 10], lengths[first : first + 10]
+        fast = _value_and_grad(tips, weights, topo, x)
+        safe = _value_and_grad(tips, weights, topo, x, rescale_every=1, optimistic=False)
+        assert torch.allclose(fast[0], safe[0], rtol=1e-13)
+        assert torch.allclose(fast[1], safe[1], rtol=1e-11, atol=1e-10)
+        versions.append(patterns._layout.version)
+    assert versions == sorted(versions) and versions[-1] == versions[-2]  # only ever widens
+    layout, tree = patterns._layout, patterns.tree(every[3].numpy())
+    leaf_end = 27 * patterns.leaf_width
+    assert tree.row(layout, leaf_end, patterns.leaf_width) is tree._row  # kept per version
