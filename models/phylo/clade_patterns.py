@@ -406,7 +406,10 @@ class BatchPlan:
     step to its widest tree wastes little (ten DS1 credible-set trees: 6334 padded columns
     for 5584 real ones, against 24284 without repeats). The last two steps are node ``2n-3``
     (identity matrix above it) and the root in every tree. Consecutive steps that do not
-    depend on each other form a wave, run as one (`_waves`; DS1: 26 steps in 12 waves).
+    depend on each other form a wave, run as one (`_waves`; DS1: 26 steps in 12 waves). When
+    every tree of the batch is compressed, widths and waves are the alignment's `Layout` (the
+    running maximum over the trees met), so each tree's index row is computed once and a new
+    batch only stacks rows; otherwise they are the batch's own.
 
     Messages live in one buffer ``(N, C, 4, width)``: leaf ``c`` at columns
     ``c*KL … c*KL+K_c``, then each wave's steps, side by side, each ``width`` columns wide.
