@@ -30,6 +30,7 @@ import itertools
 from collections import OrderedDict
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -42,18 +43,19 @@ _ALIGNMENTS: list = []  # (copy of tips, tips, its version, CladePatterns), most
 _ALIGNMENTS_KEPT = 4
 
 
-def _first_occurrence_order(first: np.ndarray, inverse: np.ndarray):
-    """Renumber `np.unique`'s distinct values by first occurrence: ``(ids, first sites)``."""
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return rank[inverse.reshape(-1)], first[order]
+def _first_occurrence(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, reps)``: ``keys`` numbered by first occurrence (`pandas.factorize`, a hash
+    table, no sort) and the position of each distinct key's first occurrence."""
+    ids, _ = pd.factorize(keys)
+    # ids first appear in increasing order: a first occurrence tops every id before it
+    seen = np.maximum.accumulate(np.concatenate([[-1], ids[:-1]]))
+    return ids, np.flatnonzero(ids > seen)
 
 
-def _distinct_columns(rows: np.ndarray):
+def _distinct_columns(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, reps)`` of the distinct rows of ``rows`` ``(P, d)`` (columns of a block)."""
-    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
-    return _first_occurrence_order(first, inverse)
+    _, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return _first_occurrence(inverse.reshape(-1))
 
 
 class CladePatterns:
@@ -82,7 +84,9 @@ class CladePatterns:
         self._trees: OrderedDict[bytes, TreeLayout] = OrderedDict()
         self.root_key = (1 << self.n) - 1
         self._root_columns = _distinct_columns(block.reshape(-1, self.n_patterns).T)
-        self.computed = 0  # clades computed so far
+        # plans of one topology, and of batches met twice (keys: ("tree"|"batch", bytes))
+        self.plans: OrderedDict[tuple[str, bytes], RepeatPlan | BatchPlan] = OrderedDict()
+        self.batches_seen: OrderedDict[bytes, None] = OrderedDict()
         self._layout: Layout | None = None
         # whether the last batch examined used repeats; if not, when and how far apart to look
         self._paying, self._batches, self._next, self._interval = True, 0, 0, _PROBE_FIRST
@@ -113,10 +117,7 @@ class CladePatterns:
         columns identifies the parent's column."""
         if key == self.root_key:
             return self._root_columns
-        _, first, inverse = np.unique(ids_a * k_b + ids_b, return_index=True,
-                                      return_inverse=True)  # fmt: skip
-        self.computed += 1
-        value = _first_occurrence_order(first, inverse)
+        value = _first_occurrence(ids_a * k_b + ids_b)
         return self._remember(self._clades, key, value, self._max_entries)
 
     def fit_layout(self, widths: np.ndarray, last_child: np.ndarray) -> Layout:
@@ -328,21 +329,18 @@ class TreeLayout:
         return self._columns
 
 
-_PLANS: list = []  # (patterns, rows, plan), most recent last
-_PLANS_KEPT = 4
+_PLANS_KEPT = 4  # per alignment and kind
 
 
 def plan_for(tips: Tensor, rows: list[list[int]]) -> RepeatPlan:
-    """The `RepeatPlan` of ``tips`` and a topology's rows, cached (a model with a fixed
+    """The `RepeatPlan` of ``tips`` and a topology's rows, kept (a model with a fixed
     topology evaluates the same plan at every step)."""
-    patterns, key = patterns_for(tips), tuple(map(tuple, rows))
-    for i, (p, r, plan) in enumerate(_PLANS):
-        if p is patterns and r == key:
-            _PLANS.append(_PLANS.pop(i))
-            return plan
-    plan = RepeatPlan(tips, rows)
-    _PLANS.append((patterns, key, plan))
-    del _PLANS[:-_PLANS_KEPT]
+    patterns = patterns_for(tips)
+    key = ("tree", np.asarray(rows).tobytes())
+    plan = patterns.plans.get(key)
+    if plan is None:
+        plan = patterns._remember(patterns.plans, key, RepeatPlan(tips, rows), 2 * _PLANS_KEPT)
+    patterns.plans.move_to_end(key)
     return plan
 
 
@@ -484,27 +482,20 @@ class BatchPlan:
         self.n, self.steps, self.leaf_width = n, steps, leaf_width
 
 
-_BATCHES: list = []  # (patterns, children bytes, plan) of batches met twice, latest last
-_BATCHES_SEEN: list = []  # (patterns, children bytes) of batches met once
-_BATCHES_KEPT = 4
-
-
 def batch_plan_for(tips: Tensor, children: Tensor, keep: bool) -> BatchPlan:
     """The `BatchPlan` of ``tips`` and topologies ``(N, n-1, 2)``: kept once the same batch
     comes a second time (a fixed set of topologies evaluated at every step), else built in
     scratch memory unless ``keep`` (a backward pass will read it)."""
-    patterns, key = patterns_for(tips), children.cpu().numpy().tobytes()
-    for i, (p, k, plan) in enumerate(_BATCHES):
-        if p is patterns and k == key:
-            _BATCHES.append(_BATCHES.pop(i))
-            return plan
-    if not any(p is patterns and k == key for p, k in _BATCHES_SEEN):
-        _BATCHES_SEEN.append((patterns, key))
-        del _BATCHES_SEEN[: -4 * _BATCHES_KEPT]
+    patterns, table = patterns_for(tips), children.cpu().numpy().tobytes()
+    key = ("batch", table)
+    plan = patterns.plans.get(key)
+    if plan is not None:
+        patterns.plans.move_to_end(key)
+        return plan
+    if table not in patterns.batches_seen:
+        patterns._remember(patterns.batches_seen, table, None, 4 * _PLANS_KEPT)
         return BatchPlan(tips, children, reuse=not keep)
     plan = BatchPlan(tips, children)
     if plan.worthwhile:
-        _BATCHES.append((patterns, key, plan))
-        del _BATCHES[:-_BATCHES_KEPT]
+        patterns._remember(patterns.plans, key, plan, 2 * _PLANS_KEPT)
     return plan
-
