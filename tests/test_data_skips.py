@@ -29,4 +29,3 @@ def test_skips_for_missing_data_fail_the_run(pytester):
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     summary = result.stdout.str().split("skipped for missing data")[1]
     assert summary.count("test_data[") == 3 and "test_optional_peer" not in summary
-

@@ -4,7 +4,6 @@ import pytest
 
 from models.phylo import datasets, read_alignment, read_trees
 
-
 # tree files, with the alignment whose taxon names they use
 TREES = {
     "DS1-credible": "DS1",
