@@ -224,6 +224,29 @@ def test_beta_zero_ignores_an_infinite_likelihood():
     assert potential.log_density(z, 1.0)[0] == -math.inf
 
 
+def test_batch_dimensions_outside_plates_go_right_of_the_chains():
+    def model():
+        loc = pyro.sample("loc", dist.Normal(torch.zeros(3), 1.0))  # batch shape (3,), no plate
+        pyro.sample("x", dist.Normal(loc, 0.5), obs=torch.tensor([0.1, 0.2, 0.3]))
+
+    potential = Potential(model)
+    assert potential.layout.chain_dim == -2 and potential.sites[0].shape == (3,)
+    z = torch.randn(4, 3, dtype=torch.float64)
+    expected = dist.Normal(z, 0.5).log_prob(torch.tensor([0.1, 0.2, 0.3]).double()).sum(-1)
+    torch.testing.assert_close(potential.log_likelihood(z), expected)
+
+
+def test_float32_on_request():
+    def model():
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=torch.tensor(0.5))
+
+    potential = Potential(model, dtype=torch.float32)
+    value, grad, _ = potential.value_and_grad(torch.zeros(2, 1))
+    assert value.dtype == grad.dtype == torch.float32
+    assert torch.get_default_dtype() == torch.float32  # restored after the model runs
+
+
 def test_counts_likelihood_evaluations(mixed):
     z = mixed.initial_points(8)  # one batched run of 8 chains
     mixed.value_and_grad(z)
