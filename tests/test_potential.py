@@ -2,7 +2,6 @@
 checked against densities by hand, quadrature, finite differences and Pyro's own potential."""
 
 import math
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -304,16 +303,11 @@ def test_phylo_model_runs_one_batched_likelihood_call(monkeypatch):
     assert value.shape == (16,) and grad.shape == (16, 7) and torch.isfinite(grad).all()
 
 
-DS1 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "phylo"
-
-
 def test_ds1_top_topology_matches_the_pruning_likelihood():
-    if not DS1.exists():
-        pytest.skip("shared phylogenetic data not available")
-    from models.phylo import log_likelihood, phylo_model, read_alignment, read_trees
+    from models.phylo import datasets, log_likelihood, phylo_model, read_alignment, read_trees
 
-    aln = read_alignment(DS1 / "alignments_fasta" / "DS1.fasta")
-    tree = read_trees(DS1 / "credible_sets_19dubious" / "JC_no_gamma_credible_set_ds1", aln.taxa)[0]
+    aln = read_alignment(datasets.path("DS1"))
+    tree = read_trees(datasets.path("DS1-credible"), aln.taxa)[0]
     potential = Potential(phylo_model(aln, tree))
     assert potential.dim == 51
     pyro.set_rng_seed(7)
