@@ -14,11 +14,7 @@ import torch
 
 from models.conjugate import BayesianLinearRegression, ConjugateGaussian
 from varinf.mcmc import MCMC, MCMCRun
-
-try:
-    from varinf.potential import Potential
-except ImportError:  # until the core's Potential lands
-    from tests.standin_potential import StandInPotential as Potential
+from varinf.potential import Potential
 
 Terms = namedtuple("Terms", "log_prior log_likelihood log_likelihood_per_datum")
 
@@ -142,6 +138,24 @@ def test_conjugate_models_through_the_potential(problem):
     name = "mean" if isinstance(problem, ConjugateGaussian) else "weights"
     assert run.samples[name].shape == (8, 150, len(mean))
     assert_moments(run, slice(None), mean, variance)
+
+
+@pytest.mark.slow
+def test_prior_moments_of_ds1_branch_lengths():
+    """At beta = 0 the draws follow the prior: DS1's 51 branch lengths, i.i.d. Exp(10) (mean
+    0.1, variance 0.01), through the exp transform, so the log-Jacobians are right."""
+    from models.phylo import datasets, phylo_model, read_alignment, read_trees
+
+    alignment = read_alignment(datasets.path("DS1"))
+    tree = read_trees(datasets.path("DS1-credible"), alignment.taxa)[0]  # the top topology
+    potential = Potential(phylo_model(alignment, tree))
+    assert potential.dim == 51
+    run = MCMC(potential, num_chains=8, num_warmup=150, num_draws=100, beta=0.0, seed=5,
+               progress=False).run()  # fmt: skip
+    lengths = run.samples["branch_lengths"]
+    assert (lengths > 0).all()
+    ones = torch.ones(51, dtype=lengths.dtype)
+    assert_moments(run, slice(None), 0.1 * ones, 0.01 * ones, values=lengths)
 
 
 def test_resume_gives_the_same_draws_as_an_uninterrupted_run():

@@ -8,6 +8,7 @@ from varinf.compare import Comparison, GradientVariance, compare, gradient_varia
 from varinf.estimate import Estimate, Estimator
 from varinf.estimators import ELBO, IWAE, RQMCELBO, SUMO, VIMCO, NaiveMonteCarlo, ScoreELBO
 from varinf.gradients import EstimatorELBO
+from varinf.mcmc import MCMC, MCMCRun
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,8 @@ __all__ = [
     "Estimate",
     "Estimator",
     "GradientVariance",
+    "MCMC",
+    "MCMCRun",
     "NaiveMonteCarlo",
     "ScoreELBO",
     "compare",

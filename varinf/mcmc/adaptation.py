@@ -73,7 +73,8 @@ class DualAveraging(_State):
     \log\bar\epsilon_{t-1},$$
 
     with $\mu = \log(10\,\epsilon_0)$, $\gamma = 0.05$, $t_0 = 10$, $\kappa = 0.75$ (Stan's
-    defaults). Sampling uses $\bar\epsilon$.
+    defaults). Sampling uses $\bar\epsilon$, averaged over the second half of the final window
+    (`restart_average`).
 
     Examples:
         >>> adapt = DualAveraging(torch.tensor([0.1, 1.0]), target_accept=0.8)
@@ -93,6 +94,12 @@ class DualAveraging(_State):
         self.log_averaged = torch.zeros_like(step_size)
         self.error = torch.zeros_like(step_size)
         self.count = 0
+        self.average_count = 0
+
+    def restart_average(self) -> None:
+        """Average only the iterates from now on (the start-up iterates after a restart swing
+        low, and a short final window does not wash them out)."""
+        self.average_count = 0
 
     @property
     def step_size(self) -> torch.Tensor:
@@ -109,7 +116,8 @@ class DualAveraging(_State):
         weight = 1.0 / (t + 10.0)
         self.error = (1 - weight) * self.error + weight * (self.target_accept - accept_stat)
         self.log_step = self.mu - (t**0.5 / 0.05) * self.error
-        eta = t**-0.75
+        self.average_count += 1
+        eta = self.average_count**-0.75
         self.log_averaged = eta * self.log_step + (1 - eta) * self.log_averaged
         return self.step_size
 
@@ -152,6 +160,9 @@ def _sum_rows(x: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Te
     return x.new_zeros(num_groups, *x.shape[1:]).index_add_(0, group, x)
 
 
+MEMORY = 50  # iterations in PrincipalScale's running averages
+
+
 class PrincipalScale(_State):
     r"""The standard deviation of the slowest direction, per group of chains sharing a $\beta$.
 
@@ -171,9 +182,6 @@ class PrincipalScale(_State):
         self.num_groups = int(group.max()) + 1
         self.sizes = torch.bincount(group, minlength=self.num_groups).to(like)
         self.direction = like.new_ones(self.num_groups, dim) / dim**0.5
-        # memory of the running averages: ~10 iterations for groups of 10+ chains (their
-        # spread across chains suffices), ~100 for a single chain (its spread over time)
-        self.floor = torch.clamp(0.01 * self.sizes, max=0.1)[:, None]
         self.reset(like.new_zeros(len(group), dim))
 
     def reset(self, x: torch.Tensor) -> None:
@@ -195,7 +203,7 @@ class PrincipalScale(_State):
     def update(self, x: torch.Tensor) -> None:
         """Add whitened positions ``x (C, D)``."""
         self.count += 1
-        weight = torch.clamp(self.floor, min=1.0 / self.count)
+        weight = max(1.0 / self.count, 1.0 / MEMORY)
         centre = _sum_rows(x, self.group, self.num_groups) / self.sizes[:, None]
         self.mean = (1 - weight) * self.mean + weight * centre
         d = x - self.mean[self.group]
@@ -209,5 +217,18 @@ class PrincipalScale(_State):
         self.variance = norm
 
     def integration_time(self) -> torch.Tensor:
-        r"""$T = \pi\sqrt{\lambda_{\max}}$ per chain ``(C,)``."""
-        return (torch.pi * self.variance.sqrt())[self.group]
+        r"""$T = \pi\sqrt{\lambda_{\max}}$ per chain ``(C,)``, with $\lambda_{\max}$ corrected
+        for the upward bias of the top eigenvalue $\ell$ of a sample covariance from $n$ draws
+        in $D$ dimensions (the spiked covariance model, Baik & Silverstein 2006): with
+        $\gamma = D/n$, $\ell = \lambda + \gamma\lambda/(\lambda - 1)$ above the noise edge
+        $(1 + \sqrt\gamma)^2$, inverted for $\lambda$; below it $\lambda = \ell / (1 +
+        \sqrt\gamma)^2$. $n$ counts chains times iterations averaged, an upper bound for
+        autocorrelated draws, so the correction errs on the long side."""
+        n = self.sizes * min(max(self.count, 1), MEMORY)
+        gamma = self.direction.shape[-1] / n
+        top = self.variance
+        edge = (1 + gamma.sqrt()).square()
+        b = top + 1 - gamma
+        spiked = 0.5 * (b + (b.square() - 4 * top).clamp_min(0).sqrt())
+        variance = torch.where(top > edge, spiked, top / edge)
+        return (torch.pi * variance.sqrt())[self.group]

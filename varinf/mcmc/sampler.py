@@ -260,6 +260,8 @@ class MCMC:
             state.welford.update(state.points.z)
         if i + 1 in ends:
             step_size = self._new_metric(state, step_size)
+        if i + 1 == (self.num_warmup + (ends[-1] if ends else 0)) // 2:
+            state.dual.restart_average()  # the second half of the final window
         if i + 1 == self.num_warmup:
             step_size = state.dual.averaged
         state.step_size = step_size
