@@ -24,7 +24,16 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-__all__ = ["SubstitutionModel", "JC69", "K80", "HKY", "GTR", "discrete_gamma_rates", "get_model"]
+__all__ = [
+    "SubstitutionModel",
+    "JC69",
+    "K80",
+    "HKY",
+    "GTR",
+    "discrete_gamma_rates",
+    "get_model",
+    "transition_matrices",
+]
 
 Param = Tensor | Distribution | float
 
@@ -63,6 +72,30 @@ class SubstitutionModel:
         left, lam, right = _eigen(q, self.frequencies(p).to(t))
         expl = torch.exp(lam[..., None, :] * t[..., None])  # (..., M, 4)
         return (left[..., None, :, :] * expl[..., None, :]) @ right[..., None, :, :]
+
+
+def transition_matrices(
+    substitution: SubstitutionModel, parameters: dict[str, Tensor], lengths: Tensor,
+    rates: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    r"""Transition matrices $P(b_k r_c)$ of every branch and rate category.
+
+    Args:
+        substitution: the model.
+        parameters: its parameter values (`SubstitutionModel.sample` or `.params`).
+        lengths: `(..., E)` branch lengths.
+        rates: `(..., C)` rate multipliers; one category of rate 1 if omitted.
+
+    Returns:
+        `(..., E, C, 4, 4)` matrices, in the dtype and on the device of `lengths`.
+
+    Examples:
+        >>> transition_matrices(JC69(), {}, torch.tensor([0.1, 0.2])).shape
+        torch.Size([2, 1, 4, 4])
+    """
+    rates = lengths.new_ones(1) if rates is None else rates.to(lengths)
+    t = lengths[..., :, None] * rates[..., None, :]
+    return substitution.transition_matrices(parameters, t.flatten(-2)).unflatten(-3, t.shape[-2:])
 
 
 def _as_param(name: str, value: Param) -> Tensor | Distribution:
