@@ -29,7 +29,6 @@ import functools
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .clade_patterns import batch_plan_for, plan_for
 from .repeats import (
@@ -138,8 +137,10 @@ def _forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low):
 class Pruning(torch.autograd.Function):
     """Log-likelihoods ``(N,)`` with analytic gradients for transition matrices, frequencies
     and category weights; ``apply(trans, freqs, cat_w, tips, weights, children, every,
-    optimistic)`` with the shapes of the module docstring (``optimistic``: unscaled pass first).
-    Differentiable once (no Hessians)."""
+    optimistic, per_pattern)`` with the shapes of the module docstring (``optimistic``:
+    unscaled pass first; ``per_pattern``: return the terms ``(N, P)``). Twice differentiable:
+    the first derivative is the analytic pre-order pass; under ``create_graph=True`` the
+    backward is autograd through `models.phylo.hessian.differentiable_pruning`."""
 
     @staticmethod
     def forward(ctx, trans, freqs, cat_w, tips, weights, children, every, optimistic,
@@ -185,7 +186,7 @@ class Pruning(torch.autograd.Function):
             state = (state[0], low, state[1])
             root = low[n - 2] if keep else None
         if keep:
-            ctx.save_for_backward(trans_n, freqs, cat_w, tips, weights, lik, root)
+            ctx.save_for_backward(trans_n, freqs, cat_w, tips, weights, lik, root, trans)
             ctx.sched, ctx.state = sched, state
             ctx.pattern_w, ctx.root_ids = pattern_w, root_ids
         if per_pattern:  # n_p log L_p (N, P)
@@ -193,9 +194,10 @@ class Pruning(torch.autograd.Function):
         return (logl * weights).sum(-1)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
-        trans_n, freqs, cat_w, tips, weights, lik, root = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative will be taken
+            return _differentiable_backward(ctx, grad)
+        trans_n, freqs, cat_w, tips, weights, lik, root, _ = ctx.saved_tensors
         sched = ctx.sched
         if ctx.per_pattern:  # d out / d log L_p, summed onto the root's columns
             coef = grad * ctx.pattern_w
@@ -216,6 +218,22 @@ class Pruning(torch.autograd.Function):
         else:
             grad_trans = _backward_batched(sched, trans_n, tips, *ctx.state, g_root * root_coef)
         return grad_trans, grad_freqs, grad_cat, None, None, None, None, None, None
+
+
+def _differentiable_backward(ctx, grad):
+    """The gradient as a differentiable function of the inputs (and of ``grad``): autograd
+    through `models.phylo.hessian.differentiable_pruning`, for second derivatives."""
+    from .hessian import differentiable_pruning
+
+    _, freqs, cat_w, tips, _, _, _, trans = ctx.saved_tensors
+    inputs = (trans, freqs, cat_w)
+    wanted = [x for x, need in zip(inputs, ctx.needs_input_grad[:3], strict=True) if need]
+    with torch.enable_grad():
+        out = differentiable_pruning(tips, ctx.pattern_w, ctx.sched.children, trans, freqs,
+                                     cat_w, ctx.per_pattern)  # fmt: skip
+    found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True, allow_unused=True))
+    grads = [next(found) if need else None for need in ctx.needs_input_grad[:3]]
+    return (*grads, None, None, None, None, None, None)
 
 
 def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
