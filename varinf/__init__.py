@@ -6,13 +6,14 @@ Every estimator answers through one call, ``estimate(model, guide, *args, **kwar
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
 from varinf.estimate import Estimate, Estimator
-from varinf.estimators import ELBO, IWAE, RQMCELBO, SUMO, NaiveMonteCarlo
+from varinf.estimators import ELBO, GECO, IWAE, RQMCELBO, SUMO, NaiveMonteCarlo
 from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ELBO",
+    "GECO",
     "IWAE",
     "RQMCELBO",
     "SUMO",
