@@ -24,8 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout
 
-from models.phylo import log_likelihood, phylo_model, read_alignment, read_trees  # noqa: E402
 from varinf.potential import Potential  # noqa: E402
+
+from models.phylo import log_likelihood, phylo_model, read_alignment, read_trees  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "phylo"
 

@@ -9,7 +9,6 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer.mcmc.util import initialize_model
-
 from varinf.potential import Potential
 
 X = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.1])
