@@ -1,6 +1,6 @@
 """Estimators of the log marginal likelihood, one module per family."""
 
-from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO
+from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
 from varinf.estimators.geco import GECO
 from varinf.estimators.naive import NaiveMonteCarlo
 from varinf.estimators.objective import Objective, ParticleObjective
@@ -11,8 +11,10 @@ __all__ = [
     "GECO",
     "IWAE",
     "RQMCELBO",
+    "SUMO",
+    "VIMCO",
     "NaiveMonteCarlo",
     "Objective",
     "ParticleObjective",
-    "SUMO",
+    "ScoreELBO",
 ]
