@@ -198,12 +198,12 @@ def test_labels_identify_estimators_that_share_a_name():
         progress=False,
     )
     assert list(result.table.index) == [
-        "elbo(sampler='iid')",
-        "elbo(sampler='rqmc')",
-        "sumo(min_terms=1)",
-        "sumo(min_terms=3)",
-        "iwae#4",
-        "iwae#5",
+        "elbo(K=4)",
+        "elbo(K=4, sampler=rqmc)",
+        "sumo(K=1)",
+        "sumo(K=1, min_terms=3)",
+        "iwae(K=4)",
+        "iwae(K=4)#5",
     ]
     assert RQMCELBO(4).sampler == "rqmc"
 

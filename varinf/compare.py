@@ -290,37 +290,21 @@ def _check_compare_args(estimators, repeats, truth) -> None:
 def _labels(estimators) -> list[str]:
     """Unique labels that identify each estimator.
 
-    The label is the estimator's ``label`` if it has one, else its ``name``. Estimators that
-    share it are told apart by the constructor options that differ between them, e.g.
-    ``elbo(K=10)`` and ``elbo(K=10, sampler='rqmc')``, or ``sumo`` and ``sumo(min_terms=10)``;
-    an index is the last resort (two identical estimators).
+    An estimator's ``name`` when no other shares it; otherwise its ``label``, which names the
+    constructor options that set it apart (``elbo(K=10)`` and ``elbo(K=10, sampler=rqmc)``,
+    ``sumo(K=1)`` and ``sumo(K=1, min_terms=10)``); an index is the last resort (two identical
+    estimators).
     """
-    bases = [str(getattr(e, "label", None) or e.name) for e in estimators]
+    names = [e.name for e in estimators]
     labels = []
-    for i, (base, estimator) in enumerate(zip(bases, estimators, strict=True)):
-        group = [e for b, e in zip(bases, estimators, strict=True) if b == base]
-        label = base if len(group) == 1 else base + _differing_options(estimator, group)
-        if label in labels or (len(group) > 1 and label == base):
+    for i, estimator in enumerate(estimators):
+        label = estimator.name
+        if names.count(label) > 1:
+            label = getattr(estimator, "label", None) or f"{label}#{i}"
+        if label in labels:
             label = f"{label}#{i}"
         labels.append(label)
     return labels
-
-
-def _differing_options(estimator, group) -> str:
-    options = [_public_options(e) for e in group]
-    mine = _public_options(estimator)
-    keys = [k for k in mine if any(o.get(k, _MISSING) != mine[k] for o in options)]
-    if "num_particles" in keys:  # K reads best first
-        keys = ["num_particles"] + [k for k in keys if k != "num_particles"]
-    shown = [f"K={mine[k]}" if k == "num_particles" else f"{k}={mine[k]!r}" for k in keys]
-    return f"({', '.join(shown)})" if shown else ""
-
-
-_MISSING = object()
-
-
-def _public_options(estimator) -> dict[str, Any]:
-    return {k: v for k, v in vars(estimator).items() if not k.startswith("_") and k != "seed"}
 
 
 @dataclass

@@ -196,7 +196,11 @@ class GECO(ParticleObjective):
             "step": self.step,
         }
         return make_estimate(
-            value, math.nan, num_evaluations=weights.num_particles, diagnostics=diagnostics
+            value,
+            math.nan,
+            num_evaluations=weights.num_particles,
+            log_weights=weights.log_weights.detach(),
+            diagnostics=diagnostics,
         )
 
     def state_dict(self) -> dict[str, Any]:
