@@ -191,7 +191,7 @@ def build_flow(
     them (drawn from the torch random state, so seeding fixes them).
 
     Args:
-        input_dim: $D$ (at least 2 for the coupling flows).
+        input_dim: $D$ (at least 2 except for ``"spline"``, elementwise in one dimension).
         flow: One of ``"realnvp"``, ``"nice"``, ``"glow"``, ``"iaf"``, ``"maf"``, ``"spline"``.
         depth: Number of layers.
         hidden: Hidden width (or list of widths) of each layer's network.
@@ -204,10 +204,10 @@ def build_flow(
     """
     if flow not in FLOWS:
         raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
-    if input_dim < 1 or (input_dim < 2 and flow not in ("iaf", "maf")):
+    if input_dim < 1 or (input_dim < 2 and flow != "spline"):
         raise ValueError(
-            f"flow={flow!r} needs input_dim >= 2 (a coupling splits the coordinates), got "
-            f"{input_dim}; use flow='iaf' or 'maf' for one dimension"
+            f"flow={flow!r} needs input_dim >= 2 (couplings and autoregressive layers split "
+            f"the coordinates), got {input_dim}; use flow='spline' for one dimension"
         )
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -230,6 +230,8 @@ def _layer(input_dim: int, flow: str, hidden_dims: list[int]) -> list:
     if flow == "glow":
         coupling = T.affine_coupling(input_dim, hidden_dims=hidden_dims)
         return [ActNorm(input_dim), invertible_linear(input_dim), coupling]
+    if flow == "spline" and input_dim == 1:
+        return [T.spline(1)]  # elementwise: nothing to couple
     if flow == "spline":
         return [T.spline_coupling(input_dim, hidden_dims=hidden_dims)]
     autoregressive = T.affine_autoregressive(
