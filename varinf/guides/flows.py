@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from pyro.infer.autoguide import AutoNormalizingFlow
+from pyro.infer.autoguide.initialization import InitMessenger
+from torch.distributions import transform_to
 
 from varinf.distributions.flows import FLOWS, build_flow
 
@@ -44,7 +47,7 @@ def flow_guide(
 
     Examples:
         >>> from models.energies import SumoMixture
-        >>> toy = SumoMixture()
+        >>> toy = SumoMixture()  # an energy: a flat improper prior and a factor
         >>> guide = flow_guide(toy.model, "iaf", depth=2, hidden=16)
         >>> guide()["x"].shape  # one draw of the model's latent site
         torch.Size([2])
@@ -53,4 +56,19 @@ def flow_guide(
         raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    return AutoNormalizingFlow(model, partial(build_flow, flow=flow, depth=depth, hidden=hidden))
+    # Pyro's default init draws from each prior, which improper priors (an energy's flat
+    # ImproperUniform) cannot do; a flow starts from its base anyway, so any feasible point does.
+    prototype_model = InitMessenger(init_to_unconstrained_zero)(model)
+    transform = partial(build_flow, flow=flow, depth=depth, hidden=hidden)
+    return AutoNormalizingFlow(prototype_model, transform)
+
+
+def init_to_unconstrained_zero(site: dict) -> torch.Tensor:
+    """The point of the site's support at zero in unconstrained space, without sampling."""
+    fn = site["fn"]
+    to_support = transform_to(fn.support)
+    shape = fn.batch_shape + fn.event_shape
+    zeros = torch.zeros(
+        to_support.inverse_shape(shape) if hasattr(to_support, "inverse_shape") else shape
+    )
+    return to_support(zeros).detach()
