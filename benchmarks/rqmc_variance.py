@@ -143,19 +143,25 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="rqmc_variance.png")
+    parser.add_argument(
+        "--only", choices=["particles", "dimensions"], help="run one of the two studies"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = logistic_table(args.particles, args.repeats, args.seed)
-    n = [r["N"] for r in rows]
-    for key, what in (("grad", "gradient"), ("value", "ELBO value")):
-        print(
-            f"{what} variance log-log slope: mc {slope(n, [r[f'{key}_mc'] for r in rows]):.2f}, "
-            f"rqmc {slope(n, [r[f'{key}_rqmc'] for r in rows]):.2f}"
-        )
-    dims = dimension_table(args.dimensions, 64, max(args.repeats // 3, 30), args.seed)
-    plot(rows, dims, args.plot)
-    print(f"plot: {args.plot}")
-    assert all(math.isfinite(r["grad_rqmc"]) for r in rows)
+    rows, dims = [], []
+    if args.only != "dimensions":
+        rows = logistic_table(args.particles, args.repeats, args.seed)
+        n = [r["N"] for r in rows]
+        for key, what in (("grad", "gradient"), ("value", "ELBO value")):
+            mc = slope(n, [r[f"{key}_mc"] for r in rows])
+            rqmc = slope(n, [r[f"{key}_rqmc"] for r in rows])
+            print(f"{what} variance log-log slope: mc {mc:.2f}, rqmc {rqmc:.2f}")
+        assert all(math.isfinite(r["grad_rqmc"]) for r in rows)
+    if args.only != "particles":
+        dims = dimension_table(args.dimensions, 64, max(args.repeats // 3, 30), args.seed)
+    if rows and dims:
+        plot(rows, dims, args.plot)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
