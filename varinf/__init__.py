@@ -6,12 +6,44 @@ Every estimator answers through one call, ``estimate(model, guide, *args, **kwar
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
 from varinf.estimate import Estimate, Estimator
-from varinf.estimators import ELBO, IWAE, RQMCELBO, SUMO, NaiveMonteCarlo
+from varinf.estimators import (
+    CPO,
+    ELBO,
+    IWAE,
+    RQMCELBO,
+    SUMO,
+    AnnealedImportanceSampling,
+    BridgeSampling,
+    GeneralizedSteppingStone,
+    HarmonicMean,
+    ModifiedPathSampling,
+    NaiveMonteCarlo,
+    PathSampling,
+    PointwisePredictiveDensity,
+    PosteriorRun,
+    PowerPosteriorRun,
+    SequentialMonteCarlo,
+    StabilizedHarmonicMean,
+    SteppingStone,
+)
 from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnnealedImportanceSampling",
+    "BridgeSampling",
+    "CPO",
+    "GeneralizedSteppingStone",
+    "HarmonicMean",
+    "ModifiedPathSampling",
+    "PathSampling",
+    "PointwisePredictiveDensity",
+    "PosteriorRun",
+    "PowerPosteriorRun",
+    "SequentialMonteCarlo",
+    "StabilizedHarmonicMean",
+    "SteppingStone",
     "ELBO",
     "IWAE",
     "RQMCELBO",

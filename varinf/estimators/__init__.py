@@ -1,8 +1,40 @@
 """Estimators of the log marginal likelihood, one module per family."""
 
+from varinf.estimators.bridge import BridgeSampling
 from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO
+from varinf.estimators.harmonic import HarmonicMean, StabilizedHarmonicMean
 from varinf.estimators.naive import NaiveMonteCarlo
 from varinf.estimators.objective import Objective, ParticleObjective
+from varinf.estimators.predictive import CPO, PointwisePredictiveDensity
+from varinf.estimators.runs import PosteriorRun, PowerPosteriorRun
+from varinf.estimators.smc import AnnealedImportanceSampling, SequentialMonteCarlo
 from varinf.estimators.sumo import SUMO
+from varinf.estimators.thermodynamic import (
+    GeneralizedSteppingStone,
+    ModifiedPathSampling,
+    PathSampling,
+    SteppingStone,
+)
 
-__all__ = ["ELBO", "IWAE", "RQMCELBO", "NaiveMonteCarlo", "Objective", "ParticleObjective", "SUMO"]
+__all__ = [
+    "CPO",
+    "ELBO",
+    "IWAE",
+    "RQMCELBO",
+    "SUMO",
+    "AnnealedImportanceSampling",
+    "BridgeSampling",
+    "GeneralizedSteppingStone",
+    "HarmonicMean",
+    "ModifiedPathSampling",
+    "NaiveMonteCarlo",
+    "Objective",
+    "ParticleObjective",
+    "PathSampling",
+    "PointwisePredictiveDensity",
+    "PosteriorRun",
+    "PowerPosteriorRun",
+    "SequentialMonteCarlo",
+    "StabilizedHarmonicMean",
+    "SteppingStone",
+]

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 
 from varinf.estimators.draws import as_chains, log_mean_exp
+from varinf.estimators.runs import PosteriorDrawEstimator, PosteriorRun
 
 
 class PosteriorDrawEstimate(NamedTuple):
@@ -113,3 +114,45 @@ def _shm_fixed_point(ell, delta, tolerance, max_iterations) -> torch.Tensor:
         f"stabilized_harmonic_mean did not converge in {max_iterations} iterations; "
         "raise max_iterations or delta"
     )
+
+
+class HarmonicMean(PosteriorDrawEstimator):
+    r"""Newton and Raftery's (1994) harmonic mean of the likelihood over posterior draws: a
+    baseline that overestimates with a misleadingly small standard error (see the module
+    docstring). Arguments as `PosteriorDrawEstimator`.
+
+    Examples:
+        >>> from models.conjugate import ConjugateGaussian
+        >>> problem = ConjugateGaussian.example()
+        >>> hm = HarmonicMean(num_warmup=100, num_draws=100, seed=0).estimate(problem.model)
+        >>> hm.value > problem.log_evidence  # too high, as usual
+        True
+    """
+
+    name = "harmonic-mean"
+    kind = "consistent"
+
+    def from_run(self, run: PosteriorRun):
+        result = harmonic_mean(run.log_likelihood)
+        return result.value, result.stderr, 0, {"ess": float(result.ess)}
+
+
+class StabilizedHarmonicMean(PosteriorDrawEstimator):
+    r"""Newton and Raftery's (1994) stabilized harmonic mean with imagined prior fraction
+    ``delta``; standard error by ``num_batches`` batch means. Other arguments as
+    `PosteriorDrawEstimator`."""
+
+    name = "stabilized-harmonic-mean"
+    kind = "approximation"
+
+    def __init__(self, delta: float = 0.1, *, num_batches: int = 20, **options) -> None:
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        super().__init__(**options)
+        self.delta, self.num_batches = delta, num_batches
+
+    def from_run(self, run: PosteriorRun):
+        result = stabilized_harmonic_mean(
+            run.log_likelihood, self.delta, num_batches=self.num_batches
+        )
+        return result.value, result.stderr, 0, {"delta": self.delta}

@@ -30,6 +30,7 @@ import torch
 
 from varinf.estimators.draws import as_chains, mean_ess
 from varinf.estimators.harmonic import PosteriorDrawEstimate
+from varinf.estimators.runs import PosteriorDrawEstimator, PosteriorRun
 
 
 def pointwise_predictive_density(
@@ -95,3 +96,41 @@ def _check_weights(weights, num_data: int) -> torch.Tensor:
             f"model's site_weights), got shape {tuple(weights.shape)}"
         )
     return weights
+
+
+class CPO(PosteriorDrawEstimator):
+    r"""The log pseudo-marginal likelihood $\sum_i n_i \log \mathrm{CPO}_i$ from one posterior
+    run, an approximation of $\log p(x)$ (too high). Needs per-datum likelihoods: a
+    ``pyro.plate`` around the data (for `models.phylo.phylo_model`, ``per_site=True``).
+    Arguments as `PosteriorDrawEstimator`.
+
+    Examples:
+        >>> from models.conjugate import ConjugateGaussian
+        >>> problem = ConjugateGaussian.example()
+        >>> run = CPO(num_warmup=100, num_draws=100, seed=0).sample(problem.model)
+        >>> cpo = CPO(run=run).estimate(problem.model)
+        >>> ppd = PointwisePredictiveDensity(run=run).estimate(problem.model)
+        >>> ppd.value > cpo.value > problem.log_evidence
+        True
+    """
+
+    name = "cpo"
+    kind = "approximation"
+    score = staticmethod(conditional_predictive_ordinates)
+
+    def from_run(self, run: PosteriorRun):
+        if run.log_likelihood_per_datum is None:
+            raise ValueError(
+                f"{type(self).__name__} needs per-datum likelihoods: put the model's data in a "
+                "pyro.plate (for models.phylo.phylo_model pass per_site=True)"
+            )
+        result = self.score(run.log_likelihood_per_datum, run.weights)
+        return result.value, result.stderr, 0, {"ess": float(result.ess)}
+
+
+class PointwisePredictiveDensity(CPO):
+    r"""$\sum_i n_i \log \mathbb{E}_{p(\theta \mid x)}[p(x_i \mid \theta)]$ from one
+    posterior run, an approximation of $\log p(x)$ (too high); see `CPO`."""
+
+    name = "ppd"
+    score = staticmethod(pointwise_predictive_density)

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from varinf.estimate import Estimate, Estimator, make_estimate
+from varinf.estimators.runs import log_mean_exp_over_groups
 from varinf.estimators.smc_math import (
     effective_sample_fraction,
     hmc_move,
@@ -83,12 +85,12 @@ def tempered_smc(
     log_w = torch.full((groups, n), -math.log(n), dtype=dtype, device=device)
     log_z = torch.zeros(groups, dtype=dtype, device=device)
     step_size = torch.full((groups,), 0.5 * dim**-0.25, dtype=dtype, device=device)
-    state = target.value_and_grad(z, beta.repeat_interleave(n))
+    state = _evaluate(target, z, beta.repeat_interleave(n))
     history: dict[str, list] = {"temperatures": [], "acceptance": [], "resampled": []}
     for step in range(max_steps):
         if bool((beta >= 1).all()):
             break
-        ell = state[2].log_likelihood.reshape(groups, n)
+        ell = state[2].reshape(groups, n)
         _check_finite(ell, beta)
         new_beta = next_temperature(log_w, ell, beta, target_cess)
         increment = (new_beta - beta)[:, None] * ell
@@ -116,6 +118,12 @@ def tempered_smc(
     return SMCResult(log_z, z=z.reshape(groups, n, dim), **history)
 
 
+def _evaluate(target, z, betas):
+    """Log density, gradient and log-likelihood at ``z`` from one batched call."""
+    value, grad, terms = target.value_and_grad(z, betas)
+    return value, grad, terms.log_likelihood
+
+
 def _check_finite(ell: torch.Tensor, beta: torch.Tensor) -> None:
     if not torch.isfinite(ell).all():
         bad = int((~torch.isfinite(ell)).sum())
@@ -132,11 +140,10 @@ def _resample(z, state, log_w, mask, generator):
     keep = torch.arange(n, device=z.device).expand(groups, n)
     ancestors = torch.where(mask[:, None], ancestors, keep)
     flat = (ancestors + n * torch.arange(groups, device=z.device)[:, None]).flatten()
-    value, grad, terms = state
-    terms = type(terms)(*(None if t is None else t[flat] for t in terms))
+    value, grad, ell = state
     uniform = torch.full_like(log_w, -math.log(n))
     log_w = torch.where(mask[:, None], uniform, log_w)
-    return z[flat], (value[flat], grad[flat], terms), log_w
+    return z[flat], (value[flat], grad[flat], ell[flat]), log_w
 
 
 def _move(target, z, state, log_w, beta, step_size, num_moves, num_leapfrog, target_accept, gen):
@@ -149,7 +156,7 @@ def _move(target, z, state, log_w, beta, step_size, num_moves, num_leapfrog, tar
     betas = beta.repeat_interleave(n)
 
     def density(position):
-        return target.value_and_grad(position, betas)
+        return _evaluate(target, position, betas)
 
     state = density(z)  # the density at the new temperature
     rates = []
@@ -161,3 +168,102 @@ def _move(target, z, state, log_w, beta, step_size, num_moves, num_leapfrog, tar
         step_size = step_size * torch.exp(2.0 * (rate - target_accept))
         rates.append(rate)
     return z, state, step_size, float(torch.stack(rates).mean())
+
+
+class SequentialMonteCarlo(Estimator):
+    r"""Tempered SMC with adaptive temperatures and batched HMC moves (see the module docstring).
+
+    Args:
+        num_particles: $N$ per population.
+        num_groups: independent populations (for the standard error), all in the same batched
+            potential calls; the cost is ``num_groups * num_particles`` per call.
+        target_cess, resample_threshold, num_moves, num_leapfrog, target_accept: see
+            `tempered_smc`.
+        progress: print the temperature reached every few steps.
+        seed: see `varinf.Estimator`.
+
+    Diagnostics: ``num_temperatures``, ``group_estimates`` (each population's $\log \hat
+    p(x)$), ``acceptance`` (mean HMC acceptance), ``resampling_steps``.
+
+    Examples:
+        >>> from models.conjugate import ConjugateGaussian
+        >>> problem = ConjugateGaussian.example()
+        >>> smc = SequentialMonteCarlo(num_particles=64, num_groups=4, seed=0)
+        >>> result = smc.estimate(problem.model)
+        >>> bool(abs(result.value - problem.log_evidence) < 5 * result.stderr)
+        True
+    """
+
+    name = "smc"
+    kind = "lower-bound"
+    requires_guide = False
+
+    def __init__(
+        self,
+        num_particles: int = 256,
+        *,
+        num_groups: int = 4,
+        target_cess: float = 0.9,
+        resample_threshold: float = 0.5,
+        num_moves: int = 2,
+        num_leapfrog: int = 10,
+        target_accept: float = 0.65,
+        progress: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(seed=seed)
+        counts = {"num_particles": (num_particles, 2), "num_groups": (num_groups, 2),
+                  "num_moves": (num_moves, 1), "num_leapfrog": (num_leapfrog, 1)}  # fmt: skip
+        for name, (value, low) in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not 0 < target_cess < 1:
+            raise ValueError(f"target_cess must be in (0, 1), got {target_cess!r}")
+        if not 0 <= resample_threshold <= 1:
+            raise ValueError(f"resample_threshold must be in [0, 1], got {resample_threshold!r}")
+        self.num_particles, self.num_groups = num_particles, num_groups
+        self.target_cess, self.resample_threshold = target_cess, resample_threshold
+        self.num_moves, self.num_leapfrog = num_moves, num_leapfrog
+        self.target_accept, self.progress = target_accept, progress
+
+    def _estimate(self, model, guide, args, kwargs) -> Estimate:
+        from varinf.potential import Potential
+
+        potential = Potential(model, args, kwargs)
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        result = tempered_smc(
+            potential, self.num_groups, self.num_particles, target_cess=self.target_cess,
+            resample_threshold=self.resample_threshold, num_moves=self.num_moves,
+            num_leapfrog=self.num_leapfrog, target_accept=self.target_accept,
+            generator=generator, progress=_printer() if self.progress else None,
+        )  # fmt: skip
+        value, stderr = log_mean_exp_over_groups(result.log_evidence)
+        diagnostics = {
+            "num_temperatures": len(result.temperatures),
+            "group_estimates": result.log_evidence.tolist(),
+            "acceptance": sum(result.acceptance) / max(len(result.acceptance), 1),
+            "resampling_steps": sum(1 for r in result.resampled if r),
+        }
+        return make_estimate(
+            value, stderr, num_evaluations=potential.num_evaluations, diagnostics=diagnostics
+        )
+
+
+class AnnealedImportanceSampling(SequentialMonteCarlo):
+    r"""Annealed importance sampling (Neal 2001): `SequentialMonteCarlo` that never resamples
+    (adaptive temperatures kept); arguments as `SequentialMonteCarlo`."""
+
+    name = "ais"
+
+    def __init__(self, num_particles: int = 256, **options: Any) -> None:
+        if options.get("resample_threshold", 0.0) != 0.0:
+            raise ValueError("resample_threshold: AIS never resamples; use SequentialMonteCarlo")
+        super().__init__(num_particles, resample_threshold=0.0, **options)
+
+
+def _printer():
+    def report(step: int, beta: float) -> None:
+        if step % 10 == 0 or beta >= 1:
+            print(f"smc step {step}: beta {beta:.4g}", flush=True)
+
+    return report

@@ -81,7 +81,7 @@ def systematic_resample(log_weights: torch.Tensor, generator=None) -> torch.Tens
 def hmc_move(
     log_density_and_grad,
     z: torch.Tensor,
-    state: tuple[torch.Tensor, torch.Tensor, object],
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     step_size: torch.Tensor,
     inverse_mass: torch.Tensor,
     num_leapfrog: int,
@@ -90,8 +90,9 @@ def hmc_move(
     r"""One Hamiltonian Monte Carlo transition for every particle at once (Neal 2011).
 
     Args:
-        log_density_and_grad: ``z (C, D) -> (log density (C,), grad (C, D), terms)``.
-        z: ``(C, D)`` positions; ``state``: their ``(log density, grad, terms)``.
+        log_density_and_grad: ``z (C, D) -> (log density (C,), grad (C, D), extra (C,))``, with
+            ``extra`` any per-particle statistic to carry along (SMC's log-likelihoods).
+        z: ``(C, D)`` positions; ``state``: their ``(log density, grad, extra)``.
         step_size: ``(C,)`` leapfrog step sizes; ``inverse_mass``: ``(C, D)`` diagonal
             $M^{-1}$ (the particle variances, so the move is scale-free).
         num_leapfrog: leapfrog steps.
@@ -100,7 +101,7 @@ def hmc_move(
         ``(z, state, accepted)``: the new positions and their state, and ``(C,)`` booleans.
         Non-finite proposals are rejected.
     """
-    value, grad, terms = state
+    value, grad, extra = state
     noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
     momentum = noise / inverse_mass.sqrt()
     eps = step_size[:, None]
@@ -108,7 +109,7 @@ def hmc_move(
     position, p = z, momentum + 0.5 * eps * grad
     for step in range(num_leapfrog):
         position = position + eps * inverse_mass * p
-        new_value, new_grad, new_terms = log_density_and_grad(position)
+        new_value, new_grad, new_extra = log_density_and_grad(position)
         p = p + (eps if step < num_leapfrog - 1 else 0.5 * eps) * new_grad
     new_energy = -new_value + 0.5 * (p.square() * inverse_mass).sum(-1)
     log_accept = (energy - new_energy).nan_to_num(nan=-math.inf)
@@ -118,17 +119,5 @@ def hmc_move(
     z = torch.where(keep, position, z)
     value = torch.where(accepted, new_value, value)
     grad = torch.where(keep, new_grad, grad)
-    return z, (value, grad, _select_terms(accepted, new_terms, terms)), accepted
-
-
-def _select_terms(accepted, new, old):
-    """Merge the named-tuple terms of accepted (new) and rejected (old) particles."""
-    fields = {}
-    for name in old._fields:
-        a, b = getattr(new, name), getattr(old, name)
-        if a is None:
-            fields[name] = None
-            continue
-        mask = accepted.reshape(-1, *([1] * (a.dim() - 1)))
-        fields[name] = torch.where(mask, a, b)
-    return type(old)(**fields)
+    extra = torch.where(accepted, new_extra, extra)
+    return z, (value, grad, extra), accepted

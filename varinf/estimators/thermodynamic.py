@@ -26,12 +26,18 @@ The modified rule's variance leaves out the second-order term from the sample va
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import torch
 
+from varinf.estimate import Estimate, Estimator, make_estimate
+from varinf.estimators.bridge import fit_proposal
 from varinf.estimators.draws import as_chains, log_mean_exp, mean_ess
-from varinf.estimators.temperatures import check_temperatures
+from varinf.estimators.reference import ReferencePath
+from varinf.estimators.runs import RHAT_THRESHOLD, PosteriorRun, PowerPosteriorRun
+from varinf.estimators.temperatures import beta_quantile_temperatures, check_temperatures
 
 
 class PowerPosteriorEstimate(NamedTuple):
@@ -118,3 +124,216 @@ def _aligned(log_likelihoods, temperatures, *, needs_last: bool):
             + ("" if needs_last else " (the last, beta = 1, may be left out)")
         )
     return betas, ell
+
+
+class SteppingStone(Estimator):
+    r"""Stepping-stone sampling (Xie et al. 2011) from one batched power-posterior run.
+
+    All temperatures $\times$ ``num_replicates`` chains run in one `varinf.mcmc.MCMC` (so each
+    leapfrog step is one batched likelihood call); the draws are a `PowerPosteriorRun` that
+    `PathSampling` and `ModifiedPathSampling` can reuse (``run=``).
+
+    Args:
+        temperatures: increasing, from 0 to 1; default `beta_quantile_temperatures` with
+            ``num_steps`` and ``alpha``.
+        num_steps, alpha: $K$ and the $\mathrm{Beta}(\alpha, 1)$ shape (0.3 as in Fourment et al.
+            2020; MrBayes uses 0.4).
+        num_replicates: independent chains per temperature.
+        num_warmup, num_draws: per chain.
+        run: a finished `PowerPosteriorRun` to use instead of sampling.
+        rhat_threshold: an $\hat R$ above it at any temperature is recorded in
+            ``diagnostics["warnings"]``.
+        progress: show the sampler's progress bar.
+        seed: see `varinf.Estimator`.
+        **mcmc_options: passed to `varinf.mcmc.MCMC`.
+
+    Diagnostics: ``temperatures``, ``rhat`` and ``ess`` per temperature, ``terms`` (each
+    step's contribution), ``stderr_replicates`` (the spread of the estimates from each
+    replicate chain alone, over $\sqrt R$), ``warnings``.
+
+    Examples:
+        >>> from models.conjugate import ConjugateGaussian
+        >>> problem = ConjugateGaussian.example()
+        >>> ss = SteppingStone(num_steps=10, num_warmup=100, num_draws=100, seed=0)
+        >>> result = ss.estimate(problem.model)
+        >>> bool(abs(result.value - problem.log_evidence) < 5 * result.stderr)
+        True
+    """
+
+    name = "stepping-stone"
+    kind = "consistent"
+    requires_guide = False
+    needs_posterior_draws = False
+
+    def __init__(
+        self,
+        temperatures=None,
+        *,
+        num_steps: int = 50,
+        alpha: float = 0.3,
+        num_replicates: int = 2,
+        num_warmup: int = 200,
+        num_draws: int = 200,
+        run: PowerPosteriorRun | None = None,
+        rhat_threshold: float = RHAT_THRESHOLD,
+        progress: bool = False,
+        seed: int | None = None,
+        **mcmc_options: Any,
+    ) -> None:
+        super().__init__(seed=seed)
+        if temperatures is None:
+            temperatures = beta_quantile_temperatures(num_steps, alpha)
+        self.temperatures = check_temperatures(temperatures)
+        if run is not None and not isinstance(run, PowerPosteriorRun):
+            raise TypeError(f"run must be a PowerPosteriorRun, got {type(run).__name__}")
+        self.num_replicates, self.num_warmup, self.num_draws = num_replicates, num_warmup, num_draws
+        self.run, self.rhat_threshold, self.progress = run, rhat_threshold, progress
+        self.mcmc_options = mcmc_options
+
+    def identity(self, log_likelihoods: torch.Tensor, temperatures) -> PowerPosteriorEstimate:
+        return stepping_stone(log_likelihoods, temperatures)
+
+    def sample(self, model, args, kwargs) -> PowerPosteriorRun:
+        """The power-posterior run this estimator would make (to share with others)."""
+        return PowerPosteriorRun.sample(
+            model, args, kwargs, temperatures=self.temperatures,
+            num_replicates=self.num_replicates, num_warmup=self.num_warmup,
+            num_draws=self.num_draws, progress=self.progress,
+            rhat_threshold=self.rhat_threshold, **self.mcmc_options,
+        )  # fmt: skip
+
+    def _estimate(self, model, guide, args, kwargs) -> Estimate:
+        run = self.run if self.run is not None else self.sample(model, args, kwargs)
+        betas = check_temperatures(run.temperatures, name="run.temperatures")
+        result = self.identity(run.log_likelihood, betas)
+        return make_estimate(
+            result.value, result.stderr, num_evaluations=run.num_evaluations,
+            diagnostics=_diagnostics(self, run, result, betas),
+        )  # fmt: skip
+
+
+class PathSampling(SteppingStone):
+    r"""Thermodynamic integration (Lartillot and Philippe 2006) by the trapezoid rule over a
+    power-posterior run; ``correction=True`` subtracts Friel et al.'s (2014) second-order term
+    (that is `ModifiedPathSampling`). Arguments as `SteppingStone`; ``diagnostics`` adds
+    ``discretisation``, the size of that correction (an error estimate of the plain rule).
+
+    Examples:
+        >>> from models.conjugate import ConjugateGaussian
+        >>> problem = ConjugateGaussian.example()
+        >>> ss = SteppingStone(num_steps=20, num_warmup=100, num_draws=100, seed=0)
+        >>> run = ss.sample(problem.model, (), {})
+        >>> shared = [cls(run=run).estimate(problem.model) for cls in (SteppingStone, PathSampling)]
+        >>> [e.num_evaluations == run.num_evaluations for e in shared]
+        [True, True]
+    """
+
+    name = "path-sampling"
+    correction = False
+
+    def identity(self, log_likelihoods, temperatures) -> PowerPosteriorEstimate:
+        return path_sampling(log_likelihoods, temperatures, correction=self.correction)
+
+
+class ModifiedPathSampling(PathSampling):
+    r"""Path sampling with Friel, Hurn and Wyse's (2014) corrected trapezoid rule, as "modified
+    path sampling" in Fourment et al. (2020); arguments as `SteppingStone`."""
+
+    name = "modified-path-sampling"
+    correction = True
+
+
+class GeneralizedSteppingStone(SteppingStone):
+    r"""Generalized stepping stone (Fan et al. 2011): stepping stone along the path from a
+    reference distribution, fitted to a posterior run, to the posterior (`ReferencePath`).
+
+    Costs one posterior run (or none: pass ``posterior_run``, e.g. the one bridge sampling
+    uses) plus one batched run along the path, and needs far fewer or shorter stones than
+    `SteppingStone` for the same error.
+
+    Args:
+        temperatures, num_steps, alpha: as `SteppingStone`, along the reference path.
+        posterior_run: a `PosteriorRun` to fit the reference to; default: sample one with
+            ``num_posterior_chains`` chains of ``num_warmup`` + ``num_draws``.
+        run: a finished `PowerPosteriorRun` along this estimator's reference path.
+        **options: as `SteppingStone`.
+
+    Diagnostics: as `SteppingStone`, with ``reference_evaluations``, the posterior run's cost
+    (included in ``num_evaluations`` unless the run was passed in).
+
+    Examples:
+        >>> from models.conjugate import ConjugateGaussian
+        >>> problem = ConjugateGaussian.example()
+        >>> gss = GeneralizedSteppingStone(num_steps=5, num_warmup=100, num_draws=100, seed=0)
+        >>> result = gss.estimate(problem.model)
+        >>> bool(abs(result.value - problem.log_evidence) < 5 * result.stderr)
+        True
+    """
+
+    name = "generalized-stepping-stone"
+
+    def __init__(
+        self,
+        temperatures=None,
+        *,
+        posterior_run: PosteriorRun | None = None,
+        num_posterior_chains: int = 4,
+        **options: Any,
+    ) -> None:
+        super().__init__(temperatures, **options)
+        if posterior_run is not None and not isinstance(posterior_run, PosteriorRun):
+            raise TypeError(f"posterior_run must be a PosteriorRun, got {type(posterior_run)}")
+        self.posterior_run, self.num_posterior_chains = posterior_run, num_posterior_chains
+
+    def _estimate(self, model, guide, args, kwargs) -> Estimate:
+        posterior, own_cost = self.posterior_run, 0
+        if posterior is None and self.run is None:
+            posterior = PosteriorRun.sample(
+                model, args, kwargs, num_chains=self.num_posterior_chains,
+                num_warmup=self.num_warmup, num_draws=self.num_draws, progress=self.progress,
+                **self.mcmc_options,
+            )  # fmt: skip
+            own_cost = posterior.num_evaluations
+        saved = self.run
+        if saved is None:
+            reference = fit_proposal(posterior.z.reshape(-1, posterior.z.shape[-1]))
+            path = ReferencePath(posterior.potential, reference)
+            self.run = PowerPosteriorRun.sample(
+                model, potential=path, temperatures=self.temperatures,
+                num_replicates=self.num_replicates, num_warmup=self.num_warmup,
+                num_draws=self.num_draws, progress=self.progress,
+                rhat_threshold=self.rhat_threshold, **self.mcmc_options,
+            )  # fmt: skip
+        try:
+            estimate = super()._estimate(model, guide, args, kwargs)
+        finally:
+            self.run = saved
+        diagnostics = {**estimate.diagnostics, "reference_evaluations": own_cost}
+        cost = estimate.num_evaluations + own_cost
+        return replace(estimate, num_evaluations=cost, diagnostics=diagnostics)
+
+
+def _diagnostics(estimator, run: PowerPosteriorRun, result, betas) -> dict:
+    replicates = [
+        float(estimator.identity(run.log_likelihood[:, r : r + 1], betas).value)
+        for r in range(run.log_likelihood.shape[1])
+    ]
+    spread = (
+        float(torch.tensor(replicates).std() / math.sqrt(len(replicates)))
+        if len(replicates) > 1
+        else math.nan
+    )
+    diagnostics = {
+        "temperatures": betas.tolist(),
+        "rhat": run.rhat.tolist(),
+        "ess": run.ess.tolist(),
+        "terms": result.terms.tolist(),
+        "replicate_estimates": replicates,
+        "stderr_replicates": spread,
+        "warnings": list(run.warnings),
+    }
+    if isinstance(estimator, PathSampling):
+        plain = path_sampling(run.log_likelihood, betas)
+        corrected = path_sampling(run.log_likelihood, betas, correction=True)
+        diagnostics["discretisation"] = float(corrected.value - plain.value)
+    return diagnostics
