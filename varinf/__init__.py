@@ -12,6 +12,7 @@ from varinf.estimators import (
     IWAE,
     RQMCELBO,
     SUMO,
+    VIMCO,
     AnnealedImportanceSampling,
     BridgeSampling,
     GeneralizedSteppingStone,
@@ -22,11 +23,12 @@ from varinf.estimators import (
     PointwisePredictiveDensity,
     PosteriorRun,
     PowerPosteriorRun,
+    ScoreELBO,
     SequentialMonteCarlo,
     StabilizedHarmonicMean,
     SteppingStone,
 )
-from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
+from varinf.gradients import EstimatorELBO
 
 __version__ = "0.1.0"
 

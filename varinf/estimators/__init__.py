@@ -1,7 +1,7 @@
 """Estimators of the log marginal likelihood, one module per family."""
 
 from varinf.estimators.bridge import BridgeSampling
-from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO
+from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
 from varinf.estimators.harmonic import HarmonicMean, StabilizedHarmonicMean
 from varinf.estimators.naive import NaiveMonteCarlo
 from varinf.estimators.objective import Objective, ParticleObjective
@@ -22,6 +22,7 @@ __all__ = [
     "IWAE",
     "RQMCELBO",
     "SUMO",
+    "VIMCO",
     "AnnealedImportanceSampling",
     "BridgeSampling",
     "GeneralizedSteppingStone",
@@ -34,6 +35,7 @@ __all__ = [
     "PointwisePredictiveDensity",
     "PosteriorRun",
     "PowerPosteriorRun",
+    "ScoreELBO",
     "SequentialMonteCarlo",
     "StabilizedHarmonicMean",
     "SteppingStone",
