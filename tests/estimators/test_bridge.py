@@ -66,5 +66,31 @@ def test_generalized_stepping_stone_beats_stepping_stone(regression):
 
 
 def test_bad_proposal_draws():
-    with pytest.raises(ValueError, match="non-finite"):
-        bridge_sampling(torch.zeros(10), torch.tensor([0.0, -float("inf")]))
+    with pytest.raises(ValueError, match="none NaN or \\+inf"):
+        bridge_sampling(torch.zeros(10), torch.tensor([0.0, float("nan")]))
+
+
+def test_posterior_run_feeds_bridge_and_harmonic_means():
+    from models.conjugate import ConjugateGaussian
+    from varinf import BridgeSampling, HarmonicMean, PosteriorRun, StabilizedHarmonicMean
+
+    problem = ConjugateGaussian.example()  # 2 latents, 10 data: short HMC trajectories
+    run = PosteriorRun.sample(problem.model, num_chains=8, num_warmup=60, num_draws=100, seed=0)
+    bridge = BridgeSampling(run=run).estimate(problem.model)
+    assert abs(bridge.value - problem.log_evidence) < 5 * bridge.stderr
+    assert bridge.num_evaluations == run.num_evaluations + 400  # the proposal's draws
+    for cls in (HarmonicMean, StabilizedHarmonicMean):
+        result = cls(run=run).estimate(problem.model)
+        assert result.value > problem.log_evidence  # the harmonic means' overestimate
+        assert result.num_evaluations == run.num_evaluations
+
+
+def test_bridge_needs_enough_draws():
+    from varinf import BridgeSampling
+
+    with pytest.raises(ValueError, match="num_draws must be an integer >= 4"):
+        BridgeSampling(num_draws=2)
+    with pytest.raises(ValueError, match="more than 10 of them"):
+        from varinf.estimators.bridge import fit_proposal
+
+        fit_proposal(torch.zeros(8, 10))

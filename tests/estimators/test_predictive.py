@@ -49,3 +49,32 @@ def test_bad_per_datum_input(regression):
         bad = ell.clone()
         bad[0, 0, 0] = float("nan")
         pointwise_predictive_density(bad)
+
+
+def test_cpo_and_ppd_estimators_on_a_pyro_model():
+    from models.conjugate import ConjugateGaussian
+    from tests.estimators.exact_draws import GaussianLinearModel
+    from varinf import CPO, PointwisePredictiveDensity, PosteriorRun
+
+    problem = ConjugateGaussian.example(num_data=10, dim=1)
+    truth = GaussianLinearModel(problem.data.new_ones(10, 1), problem.data[:, 0], 1.0, 1.0)
+    ppd, cpo = truth.predictive_truth()
+    run = PosteriorRun.sample(problem.model, num_chains=8, num_warmup=60, num_draws=100, seed=2)
+    assert run.log_likelihood_per_datum.shape == (8, 100, 10)
+    for cls, truth in ((PointwisePredictiveDensity, ppd), (CPO, cpo)):
+        result = cls(run=run).estimate(problem.model)
+        assert abs(result.value - truth) < 5 * result.stderr, cls.name
+
+
+def test_cpo_needs_a_data_plate():
+    import pyro
+    import pyro.distributions as dist
+
+    from varinf import CPO
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0), 1.0))
+        pyro.sample("x", dist.Normal(mu[..., None], 1.0).to_event(1), obs=torch.zeros(3))
+
+    with pytest.raises(ValueError, match="per-datum likelihoods: put the model's data in a"):
+        CPO(num_warmup=10, num_draws=10, seed=0).estimate(model)

@@ -62,3 +62,47 @@ def test_systematic_resampling_counts():
     ancestors = systematic_resample(weights.log(), torch.Generator().manual_seed(0))
     counts = torch.bincount(ancestors[0], minlength=4)
     assert counts.tolist() == [2, 1, 0, 1] or counts.tolist() == [2, 1, 1, 0]
+
+
+@pytest.mark.slow
+def test_sequential_monte_carlo_estimator_on_a_pyro_model():
+    from models.conjugate import BayesianLinearRegression
+    from varinf import AnnealedImportanceSampling, SequentialMonteCarlo
+
+    problem = BayesianLinearRegression.diabetes(50)
+    result = SequentialMonteCarlo(64, seed=3).estimate(problem.model)
+    assert abs(result.value - problem.log_evidence) < 5 * result.stderr
+    assert result.stderr < 0.5
+    assert result.num_evaluations > 64 * 4 * result.diagnostics["num_temperatures"]
+    ais = AnnealedImportanceSampling(16, num_moves=1, num_leapfrog=2, seed=3)
+    assert ais.estimate(problem.model).diagnostics["resampling_steps"] == 0
+
+
+def test_non_finite_likelihood_is_an_error():
+    import pyro
+    import pyro.distributions as dist
+
+    from varinf import SequentialMonteCarlo
+
+    def model():
+        x = pyro.sample("x", dist.Normal(torch.tensor(0.0), 1.0))
+        pyro.factor("bad", torch.where(x > 0, x * 0 - float("inf"), -x.square()))
+
+    with pytest.raises(FloatingPointError, match="non-finite log-likelihood"):
+        SequentialMonteCarlo(16, num_groups=2, seed=0).estimate(model)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_particles": 1}, "num_particles must be an integer >= 2"),
+        ({"num_groups": 1}, "num_groups must be an integer >= 2"),
+        ({"target_cess": 1.0}, r"target_cess must be in \(0, 1\)"),
+        ({"resample_threshold": 2.0}, r"resample_threshold must be in \[0, 1\]"),
+    ],
+)
+def test_bad_smc_options(options, message):
+    from varinf import SequentialMonteCarlo
+
+    with pytest.raises(ValueError, match=message):
+        SequentialMonteCarlo(**options)

@@ -124,7 +124,7 @@ class BridgeSampling(PosteriorDrawEstimator):
     Examples:
         >>> from models.conjugate import ConjugateGaussian
         >>> problem = ConjugateGaussian.example()
-        >>> bs = BridgeSampling(num_warmup=100, num_draws=200, seed=0)
+        >>> bs = BridgeSampling(num_warmup=50, num_draws=100, seed=0)
         >>> result = bs.estimate(problem.model)
         >>> bool(abs(result.value - problem.log_evidence) < 5 * result.stderr)
         True

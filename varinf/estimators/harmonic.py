@@ -124,7 +124,7 @@ class HarmonicMean(PosteriorDrawEstimator):
     Examples:
         >>> from models.conjugate import ConjugateGaussian
         >>> problem = ConjugateGaussian.example()
-        >>> hm = HarmonicMean(num_warmup=100, num_draws=100, seed=0).estimate(problem.model)
+        >>> hm = HarmonicMean(num_warmup=30, num_draws=30, seed=0).estimate(problem.model)
         >>> hm.value > problem.log_evidence  # too high, as usual
         True
     """

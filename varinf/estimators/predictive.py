@@ -107,7 +107,7 @@ class CPO(PosteriorDrawEstimator):
     Examples:
         >>> from models.conjugate import ConjugateGaussian
         >>> problem = ConjugateGaussian.example()
-        >>> run = CPO(num_warmup=100, num_draws=100, seed=0).sample(problem.model)
+        >>> run = CPO(num_warmup=30, num_draws=30, seed=0).sample(problem.model)
         >>> cpo = CPO(run=run).estimate(problem.model)
         >>> ppd = PointwisePredictiveDensity(run=run).estimate(problem.model)
         >>> ppd.value > cpo.value > problem.log_evidence

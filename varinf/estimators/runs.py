@@ -11,9 +11,9 @@ Examples:
     >>> from models.conjugate import ConjugateGaussian
     >>> problem = ConjugateGaussian.example()
     >>> run = PowerPosteriorRun.sample(problem.model, temperatures=[0.0, 0.5, 1.0],
-    ...     num_replicates=2, num_warmup=50, num_draws=50, seed=0)
+    ...     num_replicates=2, num_warmup=20, num_draws=20, seed=0)
     >>> run.log_likelihood.shape, run.rhat.shape
-    (torch.Size([3, 2, 50]), torch.Size([3]))
+    (torch.Size([3, 2, 20]), torch.Size([3]))
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ class PowerPosteriorRun:
         """
         from varinf.potential import Potential
 
+        _check_count(num_replicates, "num_replicates", 1)
+        _check_count(num_draws, "num_draws", 4)
         if potential is None:
             potential = Potential(model, args, kwargs)
         sampler = cls.sampler(
@@ -224,16 +226,34 @@ class PosteriorRun:
         **mcmc_options: Any,
     ) -> PosteriorRun:
         """One batched MCMC run of ``num_chains`` chains at $\\beta = 1$."""
-        from varinf.mcmc import MCMC
         from varinf.potential import Potential
 
         _check_count(num_draws, "num_draws", 4)
-        potential = Potential(model, args, kwargs)
-        sampler = MCMC(
+        sampler = cls.sampler(
+            Potential(model, args, kwargs), num_chains=num_chains, num_warmup=num_warmup,
+            num_draws=num_draws, seed=seed, progress=progress, **mcmc_options,
+        )  # fmt: skip
+        return cls.from_mcmc(sampler.run(), rhat_threshold)
+
+    @staticmethod
+    def sampler(
+        potential: Any,
+        *,
+        num_chains: int = 4,
+        num_warmup: int = 500,
+        num_draws: int = 500,
+        seed: int | None = None,
+        progress: bool = False,
+        **mcmc_options: Any,
+    ):
+        """The `varinf.mcmc.MCMC` that `sample` runs (for checkpoints)."""
+        from varinf.mcmc import MCMC
+
+        _check_count(num_draws, "num_draws", 4)
+        return MCMC(
             potential, num_chains=num_chains, num_warmup=num_warmup, num_draws=num_draws,
             seed=_seed(seed), progress=progress, **mcmc_options,
         )  # fmt: skip
-        return cls.from_mcmc(sampler.run(), rhat_threshold)
 
 
 class PosteriorDrawEstimator(Estimator):

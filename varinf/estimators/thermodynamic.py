@@ -154,7 +154,7 @@ class SteppingStone(Estimator):
     Examples:
         >>> from models.conjugate import ConjugateGaussian
         >>> problem = ConjugateGaussian.example()
-        >>> ss = SteppingStone(num_steps=10, num_warmup=100, num_draws=100, seed=0)
+        >>> ss = SteppingStone(num_steps=5, num_warmup=50, num_draws=50, seed=0)
         >>> result = ss.estimate(problem.model)
         >>> bool(abs(result.value - problem.log_evidence) < 5 * result.stderr)
         True
@@ -221,7 +221,7 @@ class PathSampling(SteppingStone):
     Examples:
         >>> from models.conjugate import ConjugateGaussian
         >>> problem = ConjugateGaussian.example()
-        >>> ss = SteppingStone(num_steps=20, num_warmup=100, num_draws=100, seed=0)
+        >>> ss = SteppingStone(num_steps=5, num_warmup=30, num_draws=30, seed=0)
         >>> run = ss.sample(problem.model, (), {})
         >>> shared = [cls(run=run).estimate(problem.model) for cls in (SteppingStone, PathSampling)]
         >>> [e.num_evaluations == run.num_evaluations for e in shared]
@@ -264,7 +264,7 @@ class GeneralizedSteppingStone(SteppingStone):
     Examples:
         >>> from models.conjugate import ConjugateGaussian
         >>> problem = ConjugateGaussian.example()
-        >>> gss = GeneralizedSteppingStone(num_steps=5, num_warmup=100, num_draws=100, seed=0)
+        >>> gss = GeneralizedSteppingStone(num_steps=3, num_warmup=50, num_draws=50, seed=0)
         >>> result = gss.estimate(problem.model)
         >>> bool(abs(result.value - problem.log_evidence) < 5 * result.stderr)
         True
