@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyro.distributions
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +153,7 @@ METHODS = [
 def ds1_model():
     aln = read_alignment(datasets.path("DS1"))
     tree = read_trees(datasets.path("DS1-credible"), taxa=aln.taxa)[0]
-    return phylo_model(aln, tree, "JC69", torch.distributions.Exponential(10.0))
+    return phylo_model(aln, tree, "JC69", pyro.distributions.Exponential(10.0), per_site=True)
 
 
 def run_mrbayes(ngen: int, nruns: int, workdir: Path) -> dict:

@@ -34,7 +34,8 @@ from typing import NamedTuple
 import torch
 
 from varinf.estimators.draws import as_chains, mean_ess
-from varinf.estimators.runs import PosteriorDrawEstimator, PosteriorRun
+from varinf.estimators.posterior_draws import PosteriorDrawEstimator
+from varinf.estimators.runs import PosteriorRun
 
 
 class BridgeEstimate(NamedTuple):

@@ -36,7 +36,8 @@ from typing import NamedTuple
 import torch
 
 from varinf.estimators.draws import as_chains, log_mean_exp
-from varinf.estimators.runs import PosteriorDrawEstimator, PosteriorRun
+from varinf.estimators.posterior_draws import PosteriorDrawEstimator
+from varinf.estimators.runs import PosteriorRun
 
 
 class PosteriorDrawEstimate(NamedTuple):

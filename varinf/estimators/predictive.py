@@ -30,7 +30,8 @@ import torch
 
 from varinf.estimators.draws import as_chains, mean_ess
 from varinf.estimators.harmonic import PosteriorDrawEstimate
-from varinf.estimators.runs import PosteriorDrawEstimator, PosteriorRun
+from varinf.estimators.posterior_draws import PosteriorDrawEstimator
+from varinf.estimators.runs import PosteriorRun
 
 
 def pointwise_predictive_density(
