@@ -9,6 +9,7 @@ from varinf.estimate import Estimate, Estimator
 from varinf.estimators import (
     CPO,
     ELBO,
+    GECO,
     IWAE,
     RQMCELBO,
     SUMO,
@@ -47,6 +48,7 @@ __all__ = [
     "StabilizedHarmonicMean",
     "SteppingStone",
     "ELBO",
+    "GECO",
     "IWAE",
     "RQMCELBO",
     "SUMO",

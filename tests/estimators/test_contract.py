@@ -26,7 +26,27 @@ EXPORTED = sorted(
 
 #: Cheaper (or extra) settings than the defaults, where the defaults would make this test slow.
 #: Keys are class names; estimators not listed run with their defaults.
-CHEAP = {"SUMO": {"num_particles": 3}}
+_POWER_POSTERIOR = {"num_steps": 3, "num_warmup": 20, "num_draws": 20}
+_POSTERIOR = {"num_warmup": 20, "num_draws": 40}
+_SMC = {"num_particles": 16, "num_groups": 2, "num_moves": 1, "num_leapfrog": 3}
+CHEAP = {
+    "SUMO": {"num_particles": 3},
+    **dict.fromkeys(
+        ["SteppingStone", "PathSampling", "ModifiedPathSampling", "GeneralizedSteppingStone"],
+        _POWER_POSTERIOR,
+    ),
+    **dict.fromkeys(
+        [
+            "BridgeSampling",
+            "HarmonicMean",
+            "StabilizedHarmonicMean",
+            "CPO",
+            "PointwisePredictiveDensity",
+        ],
+        _POSTERIOR,
+    ),  # fmt: skip
+    **dict.fromkeys(["SequentialMonteCarlo", "AnnealedImportanceSampling"], _SMC),
+}
 
 #: Variants exercised on top of the defaults: the knobs of the guided estimators.
 VARIANTS = [IWAE(7, gradient="dreg"), varinf.ELBO(3, gradient="score")]

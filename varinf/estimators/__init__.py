@@ -2,6 +2,7 @@
 
 from varinf.estimators.bridge import BridgeSampling
 from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
+from varinf.estimators.geco import GECO
 from varinf.estimators.harmonic import HarmonicMean, StabilizedHarmonicMean
 from varinf.estimators.naive import NaiveMonteCarlo
 from varinf.estimators.objective import Objective, ParticleObjective
@@ -19,6 +20,7 @@ from varinf.estimators.thermodynamic import (
 __all__ = [
     "CPO",
     "ELBO",
+    "GECO",
     "IWAE",
     "RQMCELBO",
     "SUMO",
