@@ -26,8 +26,8 @@ EXPORTED = sorted(
 
 #: Cheaper (or extra) settings than the defaults, where the defaults would make this test slow.
 #: Keys are class names; estimators not listed run with their defaults.
-_POWER_POSTERIOR = {"num_steps": 3, "num_warmup": 20, "num_draws": 20}
-_POSTERIOR = {"num_warmup": 20, "num_draws": 40}
+_POWER_POSTERIOR = {"num_steps": 2, "num_warmup": 10, "num_draws": 10}
+_POSTERIOR = {"num_warmup": 10, "num_draws": 20}
 _SMC = {"num_particles": 16, "num_groups": 2, "num_moves": 1, "num_leapfrog": 3}
 CHEAP = {
     "SUMO": {"num_particles": 3},

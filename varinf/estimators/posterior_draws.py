@@ -29,6 +29,7 @@ class PosteriorDrawEstimator(Estimator):
 
     requires_guide = False
     min_draws = 2
+    unlabelled = ("seed", "run", "progress", "rhat_threshold")
 
     def __init__(
         self,

@@ -197,6 +197,7 @@ class SequentialMonteCarlo(Estimator):
     name = "smc"
     kind = "lower-bound"
     requires_guide = False
+    unlabelled = ("seed", "progress")
 
     def __init__(
         self,

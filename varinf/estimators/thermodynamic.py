@@ -163,7 +163,7 @@ class SteppingStone(Estimator):
     name = "stepping-stone"
     kind = "consistent"
     requires_guide = False
-    needs_posterior_draws = False
+    unlabelled = ("seed", "temperatures", "run", "posterior_run", "progress", "rhat_threshold")
 
     def __init__(
         self,
@@ -184,6 +184,7 @@ class SteppingStone(Estimator):
         if temperatures is None:
             temperatures = beta_quantile_temperatures(num_steps, alpha)
         self.temperatures = check_temperatures(temperatures)
+        self.num_steps, self.alpha = len(self.temperatures) - 1, alpha
         if run is not None and not isinstance(run, PowerPosteriorRun):
             raise TypeError(f"run must be a PowerPosteriorRun, got {type(run).__name__}")
         self.num_replicates, self.num_warmup, self.num_draws = num_replicates, num_warmup, num_draws
