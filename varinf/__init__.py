@@ -30,6 +30,7 @@ from varinf.estimators import (
     SteppingStone,
 )
 from varinf.gradients import EstimatorELBO
+from varinf.mcmc import MCMC, MCMCRun
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,8 @@ __all__ = [
     "Estimate",
     "Estimator",
     "GradientVariance",
+    "MCMC",
+    "MCMCRun",
     "NaiveMonteCarlo",
     "ScoreELBO",
     "compare",
