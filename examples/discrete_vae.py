@@ -147,7 +147,7 @@ class Trainer:
         self.schedule.step()
 
     def encoder_gradient_variance(self, x: torch.Tensor, repeats: int, seed: int) -> float:
-        r"""Total variance :math:`\sum_j \mathrm{Var}(g_j)` of the encoder gradient on ``x``."""
+        r"""Total variance $\sum_j \mathrm{Var}(g_j)$ of the encoder gradient on ``x``."""
         generator = torch.Generator().manual_seed(seed)
         params = list(self.vae.encoder.parameters())
         draws = []

@@ -1,7 +1,7 @@
 """varinf: variational and Monte Carlo estimators of the log marginal likelihood for Pyro models.
 
-Every estimator answers through one call, ``estimate(model, guide, *args, **kwargs)``, with an
-:class:`Estimate`; :func:`compare` puts several side by side.
+Every estimator answers through one call, `estimate(model, guide, *args, **kwargs)`, with an
+`Estimate`; `compare` puts several side by side.
 """
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance

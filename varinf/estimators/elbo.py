@@ -60,7 +60,7 @@ class ELBO(ParticleObjective):
     Prefer `IWAE` for a tighter bound or an evidence estimate; ELBO's gradients have the
     lowest variance for training the guide.
 
-    Example:
+    Examples:
         >>> from models.conjugate import ConjugateGaussian
         >>> problem = ConjugateGaussian.example()
         >>> exact = ELBO(num_particles=100).estimate(problem.model, problem.exact_guide)

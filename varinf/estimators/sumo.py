@@ -109,7 +109,7 @@ class SUMO(ParticleObjective):
 
     The cost per draw is $m + J$ model evaluations, $m + 5.08$ on average with the defaults.
 
-    Example:
+    Examples:
         >>> from models.energies import SumoMixture
         >>> toy = SumoMixture()  # log Z = log 2 pi
         >>> est = SUMO(num_draws=20000, seed=1).estimate(toy.model, toy.guide)
