@@ -22,7 +22,7 @@ pages=(
     "index.html home"
     "estimators/index.html estimators"
     "phylo/index.html phylo"
-    "${GALLERY_PAGE:-gallery/compare/index.html} gallery"
+    "${GALLERY_PAGE:-generated/gallery/getting_started/index.html} gallery"
 )
 for entry in "${pages[@]}"; do
     read -r page name <<<"$entry"
