@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("varinf", "models", "examples", "benchmarks")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-REST_MATH = re.compile(r":math:`|\.\. math::")
+REST_MATH = re.compile(r":math:(`|<code>)|\.\. math::")
 SINGULAR_EXAMPLE = re.compile(r"^\s*Example:\s*$", re.MULTILINE)
 # what the math renderer never sees: code, scripts and the spans arithmatex already wrapped
 NOT_PROSE = re.compile(

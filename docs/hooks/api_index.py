@@ -17,6 +17,7 @@ from pathlib import Path
 log = logging.getLogger("mkdocs.hooks.api_index")
 ENTRY = re.compile(r"^::: ([\w.]+)\s*$", re.MULTILINE)
 MARKER = "<!-- API INDEX -->"
+ROLE_MATH = re.compile(r":math:`([^`]*)`")
 _entries: dict[str, str] = {}
 
 
@@ -45,8 +46,9 @@ def summary(name: str) -> tuple[str, str]:
         except (ImportError, AttributeError):
             return "", ""
     kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "module"
-    doc = inspect.getdoc(obj) or ""
-    return kind, doc.split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
+    doc = (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
+    doc = ROLE_MATH.sub(r"$\1$", doc)  # a reST role in a summary becomes $...$ math
+    return kind, doc.replace("|", "\\|")
 
 
 def on_page_markdown(markdown, page, config, files):

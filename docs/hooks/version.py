@@ -1,4 +1,4 @@
-"""MkDocs hook: the package version in the site header and wherever a page writes `{{ version }}`."""
+"""MkDocs hook: the package version in the site header and wherever a page has `{{ version }}`."""
 
 from __future__ import annotations
 
