@@ -6,14 +6,40 @@ Every estimator answers through one call, ``estimate(model, guide, *args, **kwar
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
 from varinf.estimate import Estimate, Estimator
-from varinf.estimators import ELBO, IWAE, RQMCELBO, SUMO, NaiveMonteCarlo
+from varinf.estimators import (
+    ELBO,
+    GLIS,
+    IWAE,
+    MAP,
+    RQMCELBO,
+    SUMO,
+    VBIS,
+    BetaPrimeLaplus,
+    FittedELBO,
+    GammaLaplus,
+    ImportanceSampling,
+    Laplace,
+    LogNormalLaplus,
+    MaximumLikelihood,
+    NaiveMonteCarlo,
+)
 from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ELBO",
+    "GLIS",
     "IWAE",
+    "MAP",
+    "VBIS",
+    "BetaPrimeLaplus",
+    "FittedELBO",
+    "GammaLaplus",
+    "ImportanceSampling",
+    "Laplace",
+    "LogNormalLaplus",
+    "MaximumLikelihood",
     "RQMCELBO",
     "SUMO",
     "VIMCO",

@@ -1,8 +1,30 @@
 """Estimators of the log marginal likelihood, one module per family."""
 
 from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO
+from varinf.estimators.importance import GLIS, VBIS, ImportanceSampling
+from varinf.estimators.laplace import MAP, Laplace, MaximumLikelihood
+from varinf.estimators.laplus import BetaPrimeLaplus, GammaLaplus, LogNormalLaplus
+from varinf.estimators.meanfield import FittedELBO
 from varinf.estimators.naive import NaiveMonteCarlo
 from varinf.estimators.objective import Objective, ParticleObjective
 from varinf.estimators.sumo import SUMO
 
-__all__ = ["ELBO", "IWAE", "RQMCELBO", "NaiveMonteCarlo", "Objective", "ParticleObjective", "SUMO"]
+__all__ = [
+    "ELBO",
+    "GLIS",
+    "IWAE",
+    "MAP",
+    "RQMCELBO",
+    "SUMO",
+    "VBIS",
+    "BetaPrimeLaplus",
+    "FittedELBO",
+    "GammaLaplus",
+    "ImportanceSampling",
+    "Laplace",
+    "LogNormalLaplus",
+    "MaximumLikelihood",
+    "NaiveMonteCarlo",
+    "Objective",
+    "ParticleObjective",
+]
