@@ -1,4 +1,5 @@
-"""Pyro distributions and transforms: Concrete relaxations, Gumbel-Sinkhorn, Birkhoff polytope."""
+"""Pyro distributions and transforms: Concrete relaxations, Gumbel-Sinkhorn, Birkhoff polytope,
+tree topologies."""
 
 from varinf.distributions.birkhoff import (
     RoundingBirkhoff,
@@ -22,6 +23,19 @@ from varinf.distributions.sinkhorn import (
     log_sinkhorn,
     sinkhorn,
 )
+from varinf.distributions.trees import (
+    PhyloFormatError,
+    UniformTopology,
+    canonicalize,
+    clade_keys,
+    clades,
+    from_edges,
+    num_topologies_log,
+    parents,
+    random_topologies,
+    to_newick,
+    topology_constraint,
+)
 
 __all__ = [
     "stick_breaking_centre",
@@ -40,4 +54,15 @@ __all__ = [
     "RoundingTransform",
     "StickBreakingBirkhoff",
     "StickBreakingBirkhoffTransform",
+    "PhyloFormatError",
+    "UniformTopology",
+    "canonicalize",
+    "clade_keys",
+    "clades",
+    "from_edges",
+    "num_topologies_log",
+    "parents",
+    "random_topologies",
+    "to_newick",
+    "topology_constraint",
 ]
