@@ -22,6 +22,7 @@ from varinf.estimators import (
     LogNormalLaplus,
     MaximumLikelihood,
     NaiveMonteCarlo,
+    NestedSampling,
 )
 from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
 
@@ -40,6 +41,7 @@ __all__ = [
     "Laplace",
     "LogNormalLaplus",
     "MaximumLikelihood",
+    "NestedSampling",
     "RQMCELBO",
     "SUMO",
     "VIMCO",

@@ -6,6 +6,7 @@ from varinf.estimators.laplace import MAP, Laplace, MaximumLikelihood
 from varinf.estimators.laplus import BetaPrimeLaplus, GammaLaplus, LogNormalLaplus
 from varinf.estimators.meanfield import FittedELBO
 from varinf.estimators.naive import NaiveMonteCarlo
+from varinf.estimators.nested import NestedSampling
 from varinf.estimators.objective import Objective, ParticleObjective
 from varinf.estimators.sumo import SUMO
 
@@ -25,6 +26,7 @@ __all__ = [
     "LogNormalLaplus",
     "MaximumLikelihood",
     "NaiveMonteCarlo",
+    "NestedSampling",
     "Objective",
     "ParticleObjective",
 ]
