@@ -241,6 +241,11 @@ class GammaLaplus(ModeEstimator):
         # the mode is at theta = 0 when the fitted Gamma is an exponential (shape 1 + c ~ 1)
         at_boundary = int((curvature[positive] < 1e-3).sum())
         diagnostics = {"stderr": DETERMINISTIC, "hessian": how, "at_boundary": at_boundary}
+        if at_boundary and self.family == "lognormal":
+            diagnostics["warning"] = (
+                f"{at_boundary} coordinates have their mode at 0, where the log-normal fit "
+                "degenerates and this estimate is meaningless; use GammaLaplus"
+            )
         return value, math.nan, {**diagnostics, **mode.report}
 
 
