@@ -24,10 +24,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout
 
-from models.phylo import log_likelihood, phylo_model, read_alignment, read_trees  # noqa: E402
+from models.phylo import (  # noqa: E402
+    datasets,
+    log_likelihood,
+    phylo_model,
+    read_alignment,
+    read_trees,
+)
 from varinf.potential import Potential  # noqa: E402
-
-DATA = ROOT / ".." / "shared" / "data" / "phylo"
 
 
 def direct(aln, children, prior):
@@ -63,10 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
-    aln = read_alignment(DATA / "alignments_fasta" / "DS1.fasta")
-    tree = read_trees(DATA / "credible_sets_19dubious" / "JC_no_gamma_credible_set_ds1", aln.taxa)[
-        0
-    ]
+    aln = read_alignment(datasets.path("DS1"))
+    tree = read_trees(datasets.path("DS1-credible"), aln.taxa)[0]
     potential = Potential(phylo_model(aln, tree))
     prior = torch.distributions.Exponential(torch.tensor(10.0, dtype=torch.float64))
     print(f"DS1 top topology, JC69, Exp(10): D = {potential.dim}; {args.device}, 1 thread")

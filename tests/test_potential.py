@@ -2,7 +2,6 @@
 checked against densities by hand, quadrature, finite differences and Pyro's own potential."""
 
 import math
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -224,6 +223,29 @@ def test_beta_zero_ignores_an_infinite_likelihood():
     assert potential.log_density(z, 1.0)[0] == -math.inf
 
 
+def test_batch_dimensions_outside_plates_go_right_of_the_chains():
+    def model():
+        loc = pyro.sample("loc", dist.Normal(torch.zeros(3), 1.0))  # batch shape (3,), no plate
+        pyro.sample("x", dist.Normal(loc, 0.5), obs=torch.tensor([0.1, 0.2, 0.3]))
+
+    potential = Potential(model)
+    assert potential.layout.chain_dim == -2 and potential.sites[0].shape == (3,)
+    z = torch.randn(4, 3, dtype=torch.float64)
+    expected = dist.Normal(z, 0.5).log_prob(torch.tensor([0.1, 0.2, 0.3]).double()).sum(-1)
+    torch.testing.assert_close(potential.log_likelihood(z), expected)
+
+
+def test_float32_on_request():
+    def model():
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=torch.tensor(0.5))
+
+    potential = Potential(model, dtype=torch.float32)
+    value, grad, _ = potential.value_and_grad(torch.zeros(2, 1))
+    assert value.dtype == grad.dtype == torch.float32
+    assert torch.get_default_dtype() == torch.float32  # restored after the model runs
+
+
 def test_counts_likelihood_evaluations(mixed):
     z = mixed.initial_points(8)  # one batched run of 8 chains
     mixed.value_and_grad(z)
@@ -281,16 +303,11 @@ def test_phylo_model_runs_one_batched_likelihood_call(monkeypatch):
     assert value.shape == (16,) and grad.shape == (16, 7) and torch.isfinite(grad).all()
 
 
-DS1 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "phylo"
-
-
 def test_ds1_top_topology_matches_the_pruning_likelihood():
-    if not DS1.exists():
-        pytest.skip("shared phylogenetic data not available")
-    from models.phylo import log_likelihood, phylo_model, read_alignment, read_trees
+    from models.phylo import datasets, log_likelihood, phylo_model, read_alignment, read_trees
 
-    aln = read_alignment(DS1 / "alignments_fasta" / "DS1.fasta")
-    tree = read_trees(DS1 / "credible_sets_19dubious" / "JC_no_gamma_credible_set_ds1", aln.taxa)[0]
+    aln = read_alignment(datasets.path("DS1"))
+    tree = read_trees(datasets.path("DS1-credible"), aln.taxa)[0]
     potential = Potential(phylo_model(aln, tree))
     assert potential.dim == 51
     pyro.set_rng_seed(7)

@@ -14,6 +14,7 @@ from varinf.estimators import (
     RQMCELBO,
     SUMO,
     VBIS,
+    VIMCO,
     BetaPrimeLaplus,
     FittedELBO,
     GammaLaplus,
@@ -23,8 +24,9 @@ from varinf.estimators import (
     MaximumLikelihood,
     NaiveMonteCarlo,
     NestedSampling,
+    ScoreELBO,
 )
-from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
+from varinf.gradients import EstimatorELBO
 
 __version__ = "0.1.0"
 

@@ -80,14 +80,16 @@ class tempered(Messenger):  # noqa: N801 (a handler, named like Pyro's poutine.s
 
     def __init__(self, beta: float | torch.Tensor, dim: int | None = None) -> None:
         super().__init__()
-        self.beta = _check_beta(beta, dim)
+        self.beta = check_beta(beta, dim)
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] and not msg["infer"].get("_deterministic", False):
             msg["scale"] = self.beta * msg["scale"]
 
 
-def _check_beta(beta: float | torch.Tensor, dim: int | None) -> float | torch.Tensor:
+def check_beta(beta: float | torch.Tensor, dim: int | None) -> float | torch.Tensor:
+    """``beta`` as a float, a 0-d tensor, or a ``(C,)`` tensor reshaped to broadcast at ``dim``;
+    a ValueError for a negative or non-finite ``beta`` or a tensor ``beta`` without a ``dim``."""
     if not torch.is_tensor(beta):
         beta = float(beta)
         if not (math.isfinite(beta) and beta >= 0):

@@ -11,13 +11,16 @@ the datum plate's when ``per_datum`` terms are kept.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from varinf.handlers import _check_beta
+from varinf.handlers import check_beta
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class PotentialTerms:
     def log_density(self, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
         """$\\beta \\log p(x \\mid T(z)) + \\log p_Z(z)$, shape ``(C,)``; ``beta`` a float or
         ``(C,)`` (a likelihood of $-\\infty$ counts 0 where $\\beta = 0$)."""
-        beta = _check_beta(beta, None if _is_number(beta) else -1)
+        beta = check_beta(beta, None if _is_number(beta) else -1)
         if _is_number(beta):
             if beta == 0:  # the prior, also where the likelihood is -inf
                 return self.log_prior + torch.zeros_like(self.log_likelihood)
@@ -93,10 +96,6 @@ class ModelLayout:
         self.max_plate_nesting = max_plate_nesting
         self.chain_dim = -(max_plate_nesting + 1)
         self.datum_frame = _datum_frame([trace.nodes[name] for name in self.likelihood])
-
-    @classmethod
-    def from_trace(cls, trace: poutine.Trace, max_plate_nesting: int | None) -> ModelLayout:
-        return cls(trace, max_plate_nesting)
 
     @property
     def num_data(self) -> int | None:
@@ -163,6 +162,45 @@ class ModelLayout:
                 f"then {latent}); Potential needs a fixed set of latent sites (no stochastic "
                 "control flow over which sites exist)"
             )
+
+
+class SetLatents(Messenger):
+    """Give latent sites fixed values while leaving them latent (unlike `poutine.condition`,
+    which would mark them observed, so that `tempered` and the trace see them as data)."""
+
+    def __init__(self, values: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.values = values
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] in self.values and not msg["is_observed"]:
+            msg["value"] = self.values[msg["name"]]
+            msg["done"] = True
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Let the model's own constants (``dist.Gamma(3.0, 2.0)``) be created in ``dtype``: torch
+    distributions cast values to their parameters' dtype, so float32 parameters would round
+    the log densities of float64 values."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def model_device(trace: poutine.Trace, layout: ModelLayout) -> torch.device:
+    """The device of the model's latent values (where its tensors live)."""
+    return trace.nodes[layout.latents[0][0]]["value"].device
+
+
+def prototype_trace(model: Callable, args: tuple, kwargs: dict) -> poutine.Trace:
+    """One unvectorised run with its own random stream (later draws do not change)."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), poutine.block(), torch.no_grad():
+        return poutine.trace(model).get_trace(*args, **kwargs)
 
 
 def _check_not_subsampled(sites: list[dict]) -> None:

@@ -1,6 +1,6 @@
 """Estimators of the log marginal likelihood, one module per family."""
 
-from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO
+from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
 from varinf.estimators.importance import GLIS, VBIS, ImportanceSampling
 from varinf.estimators.laplace import MAP, Laplace, MaximumLikelihood
 from varinf.estimators.laplus import BetaPrimeLaplus, GammaLaplus, LogNormalLaplus
@@ -18,6 +18,7 @@ __all__ = [
     "RQMCELBO",
     "SUMO",
     "VBIS",
+    "VIMCO",
     "BetaPrimeLaplus",
     "FittedELBO",
     "GammaLaplus",
@@ -29,4 +30,5 @@ __all__ = [
     "NestedSampling",
     "Objective",
     "ParticleObjective",
+    "ScoreELBO",
 ]
