@@ -187,7 +187,7 @@ class _PotentialImportance(Estimator):
             raise ValueError(f"target_stderr must be positive or None, got {target_stderr!r}")
         self.target_stderr = target_stderr
 
-    def proposal(self, potential, model, args, kwargs) -> tuple[Distribution, dict]:
+    def build_proposal(self, potential, model, args, kwargs) -> tuple[Distribution, dict]:
         raise NotImplementedError
 
     def sample_weights(self, potential, proposal) -> torch.Tensor:
@@ -208,7 +208,7 @@ class _PotentialImportance(Estimator):
     def _estimate(self, model, guide, args, kwargs) -> Estimate:
         potential = Potential(model, args, kwargs)
         with torch.enable_grad():
-            proposal, fit_diagnostics = self.proposal(potential, model, args, kwargs)
+            proposal, fit_diagnostics = self.build_proposal(potential, model, args, kwargs)
         fit_evaluations = potential.num_evaluations
         log_weights = self.sample_weights(potential, proposal)
         value, stderr, diagnostics = importance_summary(log_weights)
@@ -268,17 +268,17 @@ class ImportanceSampling(_PotentialImportance):
         **options: Any,
     ) -> None:
         super().__init__(num_particles, **options)
-        self.proposal_given, self.df = proposal, df
+        self.proposal, self.df = proposal, df
         self.laplace = dict(laplace or {})
 
     def estimate(self, model, guide=None, *args, **kwargs) -> Estimate:
-        if guide is not None and self.proposal_given is None:
+        if guide is not None and self.proposal is None:
             return _GuideImportance(self).estimate(model, guide, *args, **kwargs)
         return super().estimate(model, None, *args, **kwargs)
 
-    def proposal(self, potential, model, args, kwargs):
-        if self.proposal_given is not None:
-            given = self.proposal_given
+    def build_proposal(self, potential, model, args, kwargs):
+        if self.proposal is not None:
+            given = self.proposal
             if isinstance(given, Distribution):
                 if len(potential.sites) != 1:
                     raise ValueError("proposal: the model has several latent sites; pass a dict")
@@ -338,7 +338,7 @@ class GLIS(_PotentialImportance):
         super().__init__(num_particles, **options)
         self.laplus = dict(laplus or {})
 
-    def proposal(self, potential, model, args, kwargs):
+    def build_proposal(self, potential, model, args, kwargs):
         fitter = GammaLaplus(**self.laplus)
         fitter._supports = site_supports(model, args, kwargs)
         positive, constrained, curvature, real_precision, mode, how = fitter.fit(potential)
@@ -371,6 +371,6 @@ class VBIS(_PotentialImportance):
         super().__init__(num_particles, **options)
         self.fit = dict(fit or {})
 
-    def proposal(self, potential, model, args, kwargs):
+    def build_proposal(self, potential, model, args, kwargs):
         guide, report = fit_mean_field(potential, **self.fit)
         return guide, report

@@ -19,6 +19,7 @@ one point per call; use ``pool=`` for process parallelism.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -100,7 +101,9 @@ class NestedSampling(Estimator):
 
     The standard error is dynesty's ``logzerr`` (from the prior-volume shrinkage, the
     information $H$ and $n$: about $\sqrt{H/n}$). Diagnostics: ``information`` ($H$),
-    ``iterations``, ``efficiency``.
+    ``iterations``, ``efficiency``, and ``warnings``: dynesty's warnings (a stop at
+    ``max_calls`` before ``dlogz`` is reached, too few live points, ...), recorded there
+    rather than raised.
 
     Examples:
         >>> from models.conjugate import ConjugateGaussian
@@ -153,6 +156,27 @@ class NestedSampling(Estimator):
             with torch.no_grad():
                 return potential.log_likelihood(torch.as_tensor(z, dtype=dtype)[None]).item()
 
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = self._run(dynesty, potential, prior_transform, log_likelihood, rstate,
+                                [live_u, live_z.numpy(), live_logl.numpy()])  # fmt: skip
+        diagnostics = {
+            "information": float(results.information[-1]),
+            "iterations": int(results.niter),
+            "efficiency": float(results.eff),
+        }
+        if caught:  # dynesty's own warnings (a stop at max_calls, a risky num_live, ...)
+            diagnostics["warnings"] = sorted({str(w.message) for w in caught})
+        if guide is not None:
+            diagnostics["guide"] = "ignored: nested sampling samples the prior"
+        calls = int(np.sum(results.ncall)) + self.num_live
+        value, stderr = float(results.logz[-1]), float(results.logzerr[-1])
+        if not math.isfinite(stderr):
+            diagnostics["stderr"] = "dynesty returned a non-finite logzerr"
+        return make_estimate(value, stderr, num_evaluations=max(calls, potential.num_evaluations),
+                             diagnostics=diagnostics)  # fmt: skip
+
+    def _run(self, dynesty, potential, prior_transform, log_likelihood, rstate, live_points):
         sampler = dynesty.NestedSampler(
             log_likelihood,
             prior_transform,
@@ -163,20 +187,7 @@ class NestedSampling(Estimator):
             rstate=rstate,
             pool=self.pool,
             queue_size=getattr(self.pool, "size", None) if self.pool is not None else None,
-            live_points=[live_u, live_z.numpy(), live_logl.numpy()],
+            live_points=live_points,
         )
         sampler.run_nested(dlogz=self.dlogz, maxcall=self.max_calls, print_progress=False)
-        results = sampler.results
-        diagnostics = {
-            "information": float(results.information[-1]),
-            "iterations": int(results.niter),
-            "efficiency": float(results.eff),
-        }
-        if guide is not None:
-            diagnostics["guide"] = "ignored: nested sampling samples the prior"
-        calls = int(np.sum(results.ncall)) + self.num_live
-        value, stderr = float(results.logz[-1]), float(results.logzerr[-1])
-        if not math.isfinite(stderr):
-            diagnostics["stderr"] = "dynesty returned a non-finite logzerr"
-        return make_estimate(value, stderr, num_evaluations=max(calls, potential.num_evaluations),
-                             diagnostics=diagnostics)  # fmt: skip
+        return sampler.results
