@@ -25,12 +25,16 @@ from torch.distributions import Distribution, Exponential
 from varinf.distributions.trees import clade_keys
 
 from .alignment import Alignment
+from .hessian import log_likelihood_hessian
 from .likelihood import log_likelihood
 from .trees import Tree, read_trees
 
 __all__ = [
+    "FAST_METHODS",
     "compare_with_golden",
+    "credible_set_rows",
     "golden_frequencies",
+    "log_density_hessian",
     "posterior_over_topologies",
     "split_probabilities",
     "topology_key",
@@ -44,7 +48,8 @@ def topology_problems(
     r"""The $B$ topologies as `varinf.estimators.batched.BatchedProblems` over branch lengths.
 
     $\log p_b(D, \theta_b) = \log p(D \mid \tau_b, \theta_b) + \sum_e \log p(\theta_{be})$, with
-    $\theta$ of shape ``(C, B, 2n-3)``, in one pruning pass (float64).
+    $\theta$ of shape ``(C, B, 2n-3)``, in one pruning pass (float64); exact Hessians in
+    $\log\theta$ from `models.phylo.hessian.log_likelihood_hessian`.
 
     Args:
         alignment: the data.
@@ -64,7 +69,81 @@ def topology_problems(
         loglik = log_likelihood(alignment, children, theta)
         return loglik + prior.log_prob(theta).sum(-1)
 
-    return BatchedProblems(log_joint, num_problems=len(trees), dim=2 * alignment.n_taxa - 3)
+    hessian = log_density_hessian(alignment, children, prior)
+    dim = 2 * alignment.n_taxa - 3
+    return BatchedProblems(log_joint, num_problems=len(trees), dim=dim, hessian=hessian)
+
+
+def log_density_hessian(alignment: Alignment, children: torch.Tensor, prior: Distribution):
+    r"""``z (..., 2n-3) -> (..., 2n-3, 2n-3)``: the exact Hessian in $z = \log b$ of
+    $\log p(D \mid \tau, e^z) + \sum_e \log p(e^{z_e})$ (also that of the density of $z$, whose
+    extra Jacobian term $\sum_e z_e$ is linear), for ``hessian=`` of `varinf.Laplace` and
+    friends.
+
+    Args:
+        alignment: the data.
+        children: ``(n-1, 2)`` topology, or ``(..., n-1, 2)`` matching the batch of ``z``.
+        prior: prior of one branch length.
+    """
+
+    def hessian(z: torch.Tensor) -> torch.Tensor:
+        exact = log_likelihood_hessian(alignment, children, z.exp(), log_lengths=True)
+        return exact + torch.diag_embed(_prior_curvature(prior, z))
+
+    return hessian
+
+
+def _prior_curvature(prior: Distribution, z: torch.Tensor) -> torch.Tensor:
+    r"""$\partial^2_{z} \log p(e^{z})$ elementwise (the prior is i.i.d. over branches)."""
+    with torch.enable_grad():
+        u = z.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(prior.log_prob(u.exp()).sum(), u, create_graph=True)
+        (second,) = torch.autograd.grad(grad.sum(), u)
+    return second
+
+
+#: Methods `credible_set_rows` runs batched over topologies (`Estimator.name`s).
+FAST_METHODS = ("gamma-laplus", "lognormal-laplus", "betaprime-laplus", "laplace", "is", "glis",
+                "vbis")  # fmt: skip
+
+
+def credible_set_rows(
+    alignment: Alignment,
+    trees: Sequence[Tree],
+    methods: Sequence[str],
+    *,
+    branch_prior: Distribution | None = None,
+    num_particles: int = 2000,
+) -> list[dict]:
+    r"""Log evidence of every tree by each fast method, all trees batched, with the posterior.
+
+    Rows ``{"tree", "method", "estimate", "stderr", "seconds", "posterior"}`` (trees numbered
+    from 1), ``posterior`` the normalised evidence times a uniform prior over ``trees``. Used by
+    ``varinf phylo evidence --posterior``.
+
+    Raises:
+        ValueError: for a method not in `FAST_METHODS`.
+    """
+    import math
+
+    from varinf.estimators.batched import fast_evidences
+
+    unknown = [m for m in methods if m not in FAST_METHODS]
+    if unknown:
+        raise ValueError(f"methods: {unknown} are not batched over topologies; use {FAST_METHODS}")
+    problems = topology_problems(alignment, trees, branch_prior)
+    start = torch.full((len(trees), problems.dim), math.log(0.05), dtype=torch.float64)
+    results = fast_evidences(problems, start, methods=tuple(methods), num_particles=num_particles)
+    rows = []
+    for method in methods:
+        posterior = posterior_over_topologies(results[method]["value"])
+        for b in range(len(trees)):
+            rows.append({
+                "tree": b + 1, "method": method, "estimate": results[method]["value"][b].item(),
+                "stderr": results[method]["stderr"][b].item(), "posterior": posterior[b].item(),
+                "seconds": results[method]["seconds"] / len(trees),
+            })  # fmt: skip
+    return rows
 
 
 def posterior_over_topologies(log_evidence: torch.Tensor) -> torch.Tensor:

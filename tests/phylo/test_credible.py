@@ -8,6 +8,7 @@ import torch
 from models.phylo import datasets, phylo_model, read_alignment, read_trees
 from models.phylo.credible import (
     compare_with_golden,
+    credible_set_rows,
     posterior_over_topologies,
     split_probabilities,
     topology_problems,
@@ -55,3 +56,28 @@ def test_split_probabilities_count_each_nontrivial_split_once(ds1_two):
     splits = split_probabilities(trees[:1], [1.0])
     assert len(splits) == trees[0].n_taxa - 3  # an unrooted binary tree has n - 3 of them
     assert set(splits.values()) == {1.0}
+
+
+def test_exact_hessians_agree_with_finite_differences(ds1_two):
+    from varinf.estimators.batched import batched_hessians
+
+    alignment, trees = ds1_two
+    problems = topology_problems(alignment, trees)
+    generator = torch.Generator().manual_seed(1)
+    z = torch.randn(2, problems.dim, generator=generator, dtype=torch.float64) * 0.3 - 2.5
+    exact = problems.hessian(z)
+    numeric = batched_hessians(problems.log_density, z)
+    assert torch.allclose(exact, numeric, rtol=1e-5, atol=1e-5)
+
+
+def test_credible_set_rows_match_the_single_tree_estimator(ds1_two):
+    from varinf import Laplace
+
+    alignment, trees = ds1_two
+    rows = credible_set_rows(alignment, trees, ["laplace"])
+    assert [r["tree"] for r in rows] == [1, 2]
+    assert sum(r["posterior"] for r in rows) == pytest.approx(1.0)
+    single = Laplace(num_starts=1, seed=0).estimate(phylo_model(alignment, trees[0]))
+    assert rows[0]["estimate"] == pytest.approx(single.value, abs=1e-3)
+    with pytest.raises(ValueError, match="not batched"):
+        credible_set_rows(alignment, trees, ["stepping-stone"])
