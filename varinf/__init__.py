@@ -8,6 +8,7 @@ from varinf.compare import Comparison, GradientVariance, compare, gradient_varia
 from varinf.estimate import Estimate, Estimator
 from varinf.estimators import (
     ELBO,
+    GECO,
     GLIS,
     IWAE,
     MAP,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ELBO",
     "GLIS",
+    "GECO",
     "IWAE",
     "MAP",
     "VBIS",

@@ -1,6 +1,7 @@
 """Estimators of the log marginal likelihood, one module per family."""
 
 from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
+from varinf.estimators.geco import GECO
 from varinf.estimators.importance import GLIS, VBIS, ImportanceSampling
 from varinf.estimators.laplace import MAP, Laplace, MaximumLikelihood
 from varinf.estimators.laplus import BetaPrimeLaplus, GammaLaplus, LogNormalLaplus
@@ -13,6 +14,7 @@ from varinf.estimators.sumo import SUMO
 __all__ = [
     "ELBO",
     "GLIS",
+    "GECO",
     "IWAE",
     "MAP",
     "RQMCELBO",
