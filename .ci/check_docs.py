@@ -29,7 +29,7 @@ SINGULAR_EXAMPLE = re.compile(r"^\s*Example:\s*$", re.MULTILINE)
 # what the math renderer never sees: code, scripts and the spans arithmatex already wrapped
 NOT_PROSE = re.compile(
     r"<(pre|code|script|textarea)\b.*?</\1>|<span class=\"arithmatex\">.*?</span>"
-    r"|<div class=\"arithmatex\">.*?</div>",
+    r"|<div class=\"arithmatex\">.*?</div>|\btooltip=\"[^\"]*\"",
     re.DOTALL | re.IGNORECASE,
 )
 RAW_TEX = re.compile(r"\$\$|\$\\[A-Za-z]+|\\\(|\\\[")

@@ -6,14 +6,46 @@ Every estimator answers through one call, `estimate(model, guide, *args, **kwarg
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
 from varinf.estimate import Estimate, Estimator
-from varinf.estimators import ELBO, IWAE, RQMCELBO, SUMO, VIMCO, NaiveMonteCarlo, ScoreELBO
+from varinf.estimators import (
+    ELBO,
+    GECO,
+    GLIS,
+    IWAE,
+    MAP,
+    RQMCELBO,
+    SUMO,
+    VBIS,
+    VIMCO,
+    BetaPrimeLaplus,
+    FittedELBO,
+    GammaLaplus,
+    ImportanceSampling,
+    Laplace,
+    LogNormalLaplus,
+    MaximumLikelihood,
+    NaiveMonteCarlo,
+    NestedSampling,
+    ScoreELBO,
+)
 from varinf.gradients import EstimatorELBO
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ELBO",
+    "GLIS",
+    "GECO",
     "IWAE",
+    "MAP",
+    "VBIS",
+    "BetaPrimeLaplus",
+    "FittedELBO",
+    "GammaLaplus",
+    "ImportanceSampling",
+    "Laplace",
+    "LogNormalLaplus",
+    "MaximumLikelihood",
+    "NestedSampling",
     "RQMCELBO",
     "SUMO",
     "VIMCO",
