@@ -272,10 +272,20 @@ class _Run:
 
 
 def _compute_log_prob(trace: poutine.Trace, rank: int) -> None:
+    """Log densities, with Pyro's shape check and ours: no batch dimensions left of the plates
+    (Pyro ignores those, and they would broadcast into the particle sums)."""
     trace.compute_log_prob()
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            check_site_shape(site, rank)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        check_site_shape(site, rank)
+        shape = tuple(site["log_prob"].shape)
+        if len(shape) > rank:
+            raise ValueError(
+                f"site {name!r} has log-density shape {shape}: {len(shape) - rank} batch "
+                f"dimension(s) more than its plates allow (at most {rank}, particles and plates "
+                "included); put them in a pyro.plate, or .to_event(...) them"
+            )
 
 
 def _detached(trace: poutine.Trace) -> poutine.Trace:
