@@ -189,7 +189,7 @@ def trace_log_weights(
         runs = [run.traces(num_particles, sampler)]
     else:
         runs = [run.traces(None, sampler)]
-        minibatch = _subsample_subtrace(runs[0][0])  # the later particles reuse this minibatch
+        minibatch = run.minibatch  # the later particles reuse the first one's minibatch
         runs += [run.traces(None, sampler, minibatch) for _ in range(num_particles - 1)]
     model_trace, guide_trace, _ = runs[0]
     frame = _datum_frame(model_trace, guide_trace) if per_datum else None
@@ -258,6 +258,7 @@ class _Run:
         elif minibatch is not None:
             model = poutine.replay(model, trace=minibatch)
         model_trace = self._trace(self._wrap(model, num_particles), vectorised)
+        self.minibatch = _subsample_subtrace(model_trace)  # guide's indices, replayed
         model_trace = prune_subsample_sites(model_trace)
         if guide_trace is None:  # prior sampling: the proposal is the model's own latent sites
             guide_trace = _latent_subtrace(model_trace)
