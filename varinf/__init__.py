@@ -1,7 +1,7 @@
 """varinf: variational and Monte Carlo estimators of the log marginal likelihood for Pyro models.
 
-Every estimator answers through one call, ``estimate(model, guide, *args, **kwargs)``, with an
-:class:`Estimate`; :func:`compare` puts several side by side.
+Every estimator answers through one call, `estimate(model, guide, *args, **kwargs)`, with an
+`Estimate`; `compare` puts several side by side.
 """
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
@@ -10,16 +10,27 @@ from varinf.estimators import (
     CPO,
     ELBO,
     GECO,
+    GLIS,
     IWAE,
+    MAP,
     RQMCELBO,
     SUMO,
+    VBIS,
     VIMCO,
     AnnealedImportanceSampling,
+    BetaPrimeLaplus,
     BridgeSampling,
+    FittedELBO,
+    GammaLaplus,
     GeneralizedSteppingStone,
     HarmonicMean,
+    ImportanceSampling,
+    Laplace,
+    LogNormalLaplus,
+    MaximumLikelihood,
     ModifiedPathSampling,
     NaiveMonteCarlo,
+    NestedSampling,
     PathSampling,
     PointwisePredictiveDensity,
     PosteriorRun,
@@ -49,8 +60,19 @@ __all__ = [
     "StabilizedHarmonicMean",
     "SteppingStone",
     "ELBO",
+    "GLIS",
     "GECO",
     "IWAE",
+    "MAP",
+    "VBIS",
+    "BetaPrimeLaplus",
+    "FittedELBO",
+    "GammaLaplus",
+    "ImportanceSampling",
+    "Laplace",
+    "LogNormalLaplus",
+    "MaximumLikelihood",
+    "NestedSampling",
     "RQMCELBO",
     "SUMO",
     "VIMCO",

@@ -4,7 +4,12 @@ from varinf.estimators.bridge import BridgeSampling
 from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
 from varinf.estimators.geco import GECO
 from varinf.estimators.harmonic import HarmonicMean, StabilizedHarmonicMean
+from varinf.estimators.importance import GLIS, VBIS, ImportanceSampling
+from varinf.estimators.laplace import MAP, Laplace, MaximumLikelihood
+from varinf.estimators.laplus import BetaPrimeLaplus, GammaLaplus, LogNormalLaplus
+from varinf.estimators.meanfield import FittedELBO
 from varinf.estimators.naive import NaiveMonteCarlo
+from varinf.estimators.nested import NestedSampling
 from varinf.estimators.objective import Objective, ParticleObjective
 from varinf.estimators.predictive import CPO, PointwisePredictiveDensity
 from varinf.estimators.runs import PosteriorRun, PowerPosteriorRun
@@ -20,17 +25,28 @@ from varinf.estimators.thermodynamic import (
 __all__ = [
     "CPO",
     "ELBO",
+    "GLIS",
     "GECO",
     "IWAE",
+    "MAP",
     "RQMCELBO",
     "SUMO",
+    "VBIS",
     "VIMCO",
     "AnnealedImportanceSampling",
     "BridgeSampling",
     "GeneralizedSteppingStone",
     "HarmonicMean",
     "ModifiedPathSampling",
+    "BetaPrimeLaplus",
+    "FittedELBO",
+    "GammaLaplus",
+    "ImportanceSampling",
+    "Laplace",
+    "LogNormalLaplus",
+    "MaximumLikelihood",
     "NaiveMonteCarlo",
+    "NestedSampling",
     "Objective",
     "ParticleObjective",
     "PathSampling",
