@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyro
-import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
 from varinf.estimate import Estimate, Estimator, seeded
+from varinf.weights import capture_params
 
 SEED_STRIDE = 1_000_003  # repeat r of estimator i uses seed + i * SEED_STRIDE + r
 
@@ -457,12 +457,11 @@ def _gradient_job(loss, seed, model, guide, args, kwargs, params=None):
 
 
 def _one_gradient(loss, model, guide, args, kwargs) -> dict[str, torch.Tensor]:
-    with poutine.trace(param_only=True) as capture:
+    with capture_params() as params:
         loss.loss_and_grads(model, guide, *args, **kwargs)
     grads = {}
-    for name, site in capture.trace.nodes.items():
-        param = site["value"].unconstrained()
-        if param.grad is not None and name not in grads:
+    for name, param in params.items():
+        if param.grad is not None:
             grads[name] = param.grad.detach().clone()
             param.grad = None
     if not grads:
