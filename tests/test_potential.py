@@ -297,9 +297,10 @@ def test_phylo_model_runs_one_batched_likelihood_call(monkeypatch):
     monkeypatch.setattr(phylo, "pruning_log_likelihood", counted)
     potential = Potential(model)
     assert potential.dim == 2 * 5 - 3
+    z = potential.initial_points(16)  # prior draws (after a one-off vectorisation check)
     calls.clear()
-    value, grad, terms = potential.value_and_grad(potential.initial_points(16))
-    assert calls == [torch.Size([16]), torch.Size([16])]  # the prior draw, then the potential
+    value, grad, terms = potential.value_and_grad(z)
+    assert calls == [torch.Size([16])]  # all 16 chains in one likelihood call
     assert value.shape == (16,) and grad.shape == (16, 7) and torch.isfinite(grad).all()
 
 
@@ -362,8 +363,14 @@ def test_a_model_that_sums_over_the_chains_is_refused():
         loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
         pyro.factor("total", dist.Normal(loc, 1.0).log_prob(torch.tensor(0.3)).sum())
 
+    potential = Potential(model)
+    one = potential.log_density(torch.zeros(1, 1))  # one chain at a time works
+    torch.testing.assert_close(
+        one, dist.Normal(0.0, 1.0).log_prob(torch.tensor([0.0, 0.3])).sum().double()[None]
+    )
     with pytest.raises(ValueError, match="'total' does not vectorise over the chain plate"):
-        Potential(model)
+        potential.log_density(torch.zeros(3, 1))
+    assert potential.num_evaluations == 1
 
 
 def test_a_model_whose_shapes_break_under_the_chain_plate_is_refused():
@@ -371,8 +378,9 @@ def test_a_model_whose_shapes_break_under_the_chain_plate_is_refused():
         loc = pyro.sample("loc", dist.Normal(torch.zeros(2), 1.0).to_event(1))
         pyro.factor("first", loc.reshape(2)[0])  # assumes the unbatched shape
 
+    potential = Potential(model)
     with pytest.raises(ValueError, match="failed when run for 2 chains at once"):
-        Potential(model)
+        potential.initial_points(3)
 
 
 def test_a_support_that_depends_on_another_latent_is_refused():
@@ -382,7 +390,7 @@ def test_a_support_that_depends_on_another_latent_is_refused():
 
     pyro.set_rng_seed(8)
     with pytest.raises(ValueError, match="support of site 'u' depends on other latent sites"):
-        Potential(model)
+        Potential(model).log_density(torch.zeros(2, 2))
 
 
 def test_bad_init_and_values(mixed):
