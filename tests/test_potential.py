@@ -272,15 +272,14 @@ def test_initial_points_from_prior_draws_and_a_given_dict():
 # -- the phylogenetic model: one batched likelihood call --------------------------------------
 
 
-def small_phylo_model():
+def small_phylo_model(**options):
     from models.phylo import Alignment, phylo_model, random_topologies
 
     aln = Alignment.from_sequences(
         ["a", "b", "c", "d", "e"], ["ACGTAC", "ACGAAC", "TCGAAT", "TCGGAT", "TCGGTT"]
     )
-    return aln, phylo_model(
-        aln, random_topologies(5, 1, generator=torch.Generator().manual_seed(0))[0]
-    )
+    topology = random_topologies(5, 1, generator=torch.Generator().manual_seed(0))[0]
+    return aln, phylo_model(aln, topology, **options)
 
 
 def test_phylo_model_runs_one_batched_likelihood_call(monkeypatch):
@@ -319,6 +318,18 @@ def test_ds1_top_topology_matches_the_pruning_likelihood():
     torch.testing.assert_close(terms.log_likelihood, direct.double())
     prior = dist.Exponential(10.0).log_prob(lengths).sum(-1) + z.sum(-1)  # Jacobian of exp
     torch.testing.assert_close(terms.log_prior, prior)
+
+
+def test_phylo_per_site_terms_are_per_datum():
+    """phylo_model(per_site=True) puts the patterns in a plate: one term per site pattern."""
+    aln, model = small_phylo_model(per_site=True)
+    per_site, whole = Potential(model), Potential(small_phylo_model()[1])
+    assert per_site.num_data == len(aln.weights) and whole.num_data is None
+    z = torch.randn(6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    terms = per_site.terms(z)
+    assert terms.log_likelihood_per_datum.shape == (6, len(aln.weights))
+    torch.testing.assert_close(terms.log_likelihood_per_datum.sum(-1), terms.log_likelihood)
+    torch.testing.assert_close(terms.log_likelihood, whole.log_likelihood(z))
 
 
 # -- bad input ----------------------------------------------------------------------------------
