@@ -1,12 +1,13 @@
 """varinf: variational and Monte Carlo estimators of the log marginal likelihood for Pyro models.
 
-Every estimator answers through one call, ``estimate(model, guide, *args, **kwargs)``, with an
-:class:`Estimate`; :func:`compare` puts several side by side.
+Every estimator answers through one call, `estimate(model, guide, *args, **kwargs)`, with an
+`Estimate`; `compare` puts several side by side.
 """
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
 from varinf.estimate import Estimate, Estimator
 from varinf.estimators import (
+    CPO,
     ELBO,
     GECO,
     GLIS,
@@ -16,22 +17,48 @@ from varinf.estimators import (
     SUMO,
     VBIS,
     VIMCO,
+    AnnealedImportanceSampling,
     BetaPrimeLaplus,
+    BridgeSampling,
     FittedELBO,
     GammaLaplus,
+    GeneralizedSteppingStone,
+    HarmonicMean,
     ImportanceSampling,
     Laplace,
     LogNormalLaplus,
     MaximumLikelihood,
+    ModifiedPathSampling,
     NaiveMonteCarlo,
     NestedSampling,
+    PathSampling,
+    PointwisePredictiveDensity,
+    PosteriorRun,
+    PowerPosteriorRun,
     ScoreELBO,
+    SequentialMonteCarlo,
+    StabilizedHarmonicMean,
+    SteppingStone,
 )
 from varinf.gradients import EstimatorELBO
+from varinf.mcmc import MCMC, MCMCRun
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnnealedImportanceSampling",
+    "BridgeSampling",
+    "CPO",
+    "GeneralizedSteppingStone",
+    "HarmonicMean",
+    "ModifiedPathSampling",
+    "PathSampling",
+    "PointwisePredictiveDensity",
+    "PosteriorRun",
+    "PowerPosteriorRun",
+    "SequentialMonteCarlo",
+    "StabilizedHarmonicMean",
+    "SteppingStone",
     "ELBO",
     "GLIS",
     "GECO",
@@ -54,6 +81,8 @@ __all__ = [
     "Estimate",
     "Estimator",
     "GradientVariance",
+    "MCMC",
+    "MCMCRun",
     "NaiveMonteCarlo",
     "ScoreELBO",
     "compare",

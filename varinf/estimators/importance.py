@@ -107,7 +107,7 @@ class ConstrainedProposal(Distribution):
     arg_constraints: dict = {}
     support = constraints.real_vector
 
-    def __init__(self, proposals: dict, potential, supports: dict) -> None:
+    def __init__(self, proposals: dict, potential: Potential, supports: dict) -> None:
         names = [name for name, *_ in potential.sites]
         if set(proposals) != set(names):
             raise ValueError(
@@ -237,10 +237,9 @@ class ImportanceSampling(_PotentialImportance):
         num_particles: $K$ (the most drawn when ``target_stderr`` is set).
         proposal: see above.
         df: Student-t degrees of freedom.
-        batch_size: draws per model call.
-        target_stderr: stop drawing once the standard error is below this.
         laplace: options of the `Laplace` fit (``num_starts``, ``hessian``, ...).
-        seed: see `varinf.Estimator`.
+        **options: ``batch_size`` (draws per model call), ``target_stderr`` (stop drawing once
+            the standard error is below this) and ``seed`` (see `varinf.Estimator`).
 
     Diagnostics: ``ess``, ``ess_fraction``, ``khat`` (PSIS), ``fit_evaluations`` (spent on the
     fit), the mode report; ``warning`` when $\hat k > 0.7$.
@@ -334,7 +333,9 @@ class GLIS(_PotentialImportance):
 
     name = "glis"
 
-    def __init__(self, num_particles: int = 10000, *, laplus: dict | None = None, **options):
+    def __init__(
+        self, num_particles: int = 10000, *, laplus: dict | None = None, **options: Any
+    ) -> None:
         super().__init__(num_particles, **options)
         self.laplus = dict(laplus or {})
 
@@ -367,7 +368,9 @@ class VBIS(_PotentialImportance):
 
     name = "vbis"
 
-    def __init__(self, num_particles: int = 10000, *, fit: dict | None = None, **options):
+    def __init__(
+        self, num_particles: int = 10000, *, fit: dict | None = None, **options: Any
+    ) -> None:
         super().__init__(num_particles, **options)
         self.fit = dict(fit or {})
 

@@ -49,11 +49,12 @@ from torch.distributions import (
 
 from varinf.estimators.laplace import DETERMINISTIC, ModeEstimator, laplace_log_evidence
 from varinf.estimators.mode import hessian, objective_function
+from varinf.potential import Potential
 
 FAMILIES = ("gamma", "lognormal", "betaprime")
 
 
-def coordinate_kinds(potential, supports: dict) -> torch.Tensor:
+def coordinate_kinds(potential: Potential, supports: dict) -> torch.Tensor:
     """``(D,)`` bool: True where the coordinate is a positive parameter, False where real.
 
     Args:
@@ -141,7 +142,13 @@ class LaplusProposal(Distribution):
     arg_constraints: dict = {}
     support = constraints.real_vector
 
-    def __init__(self, mode, curvature, positive, real_precision) -> None:
+    def __init__(
+        self,
+        mode: torch.Tensor,
+        curvature: torch.Tensor,
+        positive: torch.Tensor,
+        real_precision: torch.Tensor,
+    ) -> None:
         self.positive = positive.to(mode.device)
         pos, real = self.positive, ~self.positive
         log_gamma = TransformedDistribution(

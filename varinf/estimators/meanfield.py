@@ -30,7 +30,7 @@ from varinf.weights import check_num_particles
 
 
 def fit_mean_field(
-    potential,
+    potential: Potential,
     *,
     num_steps: int = 300,
     num_particles: int = 8,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,7 +36,9 @@ class PriorTransform:
     r"""Unit cube $\to$ unconstrained latents: $z = T^{-1}(F^{-1}(u))$ site by site.
 
     Args:
-        model, args, kwargs: the Pyro model and its arguments.
+        model: the Pyro model.
+        args: its positional arguments.
+        kwargs: its keyword arguments.
         potential: its `varinf.potential.Potential` (fixes the order of the coordinates).
 
     Raises:
@@ -43,7 +46,7 @@ class PriorTransform:
             (hierarchical priors need a sequential transform, not written yet).
     """
 
-    def __init__(self, model, args: tuple, kwargs: dict, potential) -> None:
+    def __init__(self, model: Callable, args: tuple, kwargs: dict, potential: Potential) -> None:
         first, second = (_prior_trace(model, args, kwargs) for _ in range(2))
         self.priors, self.potential = {}, potential
         for name, *_ in potential.sites:
