@@ -19,13 +19,17 @@ $u \sim U(0, 1)$ drawn afresh each iteration, which keeps HMC from resonating on
 (Neal 2011, §5.4.2.2; Hoffman, Radul & Sountsov 2021).
 
 **Warm-up** (`varinf.mcmc.adaptation`), Stan's windowed schedule (Stan Reference Manual,
-"Automatic parameter tuning"): an initial fast window, slow windows that double in length, a
-final fast window. Throughout, each chain's $\epsilon_c$ follows dual averaging towards the
-target acceptance $\delta$ (Hoffman & Gelman 2014, §3.2); at the end of each slow window each
-chain's inverse metric becomes the regularised variance of its draws in that window and its
-step size is re-initialised (Hoffman & Gelman 2014, Algorithm 4). The integration time $T$ of
-each group of chains sharing a $\beta$ ascends the ChEES criterion (Hoffman, Radul & Sountsov
-2021), estimated from the chains of that group, so a power-posterior run adapts every
+"HMC algorithm parameters: automatic parameter tuning"): an initial fast window, slow windows
+that double in length, a final fast window. Throughout, each chain's $\epsilon_c$ follows dual
+averaging towards the target acceptance $\delta$ (Hoffman & Gelman 2014, §3.2); at the end of
+each slow window the inverse metric becomes the regularised variance of the window's draws,
+pooled over the chains that share a $\beta$ (one chain alone: its own draws), and the step
+sizes are re-initialised (Hoffman & Gelman 2014, Algorithm 4). The integration time is
+$T = \pi\sqrt{\lambda_{\max}}$, with $\lambda_{\max}$ the variance of the slowest direction in
+whitened coordinates, tracked by a running power iteration over the chains of each $\beta$
+(the direction SNAPER targets, Sountsov & Hoffman 2022): with $u \sim U(0, 1)$,
+$\mathbb E[\cos(uT)] = 0$, so a Gaussian's slowest direction decorrelates in one transition,
+while faster directions see random phases. A power-posterior run thus adapts every
 temperature separately inside the same batched calls.
 
 Written by hand because no maintained PyTorch library runs chains vectorised with per-chain

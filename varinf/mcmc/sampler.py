@@ -14,7 +14,10 @@ from varinf.mcmc.result import MCMCRun
 from varinf.mcmc.state import DRAW_FIELDS, RunState, empty_draws
 
 KERNELS = ("hmc", "nuts")
-_CONFIG = ("num_chains", "num_warmup", "num_draws", "kernel", "target_accept", "max_steps")
+_CONFIG = (
+    "num_chains", "num_warmup", "num_draws", "kernel", "target_accept", "max_steps",
+    "pooled_metric",
+)  # fmt: skip
 
 
 class MCMC:
@@ -41,6 +44,9 @@ class MCMC:
         progress: show a progress bar.
         max_steps: the most leapfrog steps of one trajectory.
         max_energy_error: energy error beyond which a transition counts as divergent.
+        pooled_metric: estimate each chain's metric from the draws of all chains with the same
+            $\beta$ (a sample $C_\beta$ times larger, from 25-iteration windows); ``False``
+            for Stan's chain-by-chain estimate.
 
     Examples:
         >>> import pyro.distributions as dist
@@ -76,6 +82,7 @@ class MCMC:
         progress: bool = True,
         max_steps: int = 1000,
         max_energy_error: float = 1000.0,
+        pooled_metric: bool = True,
     ) -> None:
         _check_counts(num_chains, num_warmup, num_draws, max_steps)
         if kernel not in KERNELS:
@@ -87,6 +94,7 @@ class MCMC:
         self.beta = _check_beta(beta, num_chains)
         self.kernel, self.target_accept = kernel, target_accept
         self.progress, self.max_steps, self.max_energy_error = progress, max_steps, max_energy_error
+        self.pooled_metric = pooled_metric
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
@@ -107,7 +115,7 @@ class MCMC:
         Returns:
             An `MCMCRun`. On ``KeyboardInterrupt`` the draws finished so far are returned
             (``diagnostics["interrupted"]``, with a `RuntimeWarning`), and `state_dict` holds
-            the state to resume from.
+            the state to resume from; an interrupt before the first iteration is re-raised.
         """
         if self.kernel == "nuts":
             from varinf.mcmc.pyro_nuts import run_pyro_nuts
@@ -268,7 +276,8 @@ class MCMC:
 
     def _new_metric(self, state: RunState, step_size: torch.Tensor) -> torch.Tensor:
         """End of a slow window: new metric, new step sizes, dual averaging restarted."""
-        old, state.inv_metric = state.inv_metric, state.welford.variance(state.group)
+        old = state.inv_metric
+        state.inv_metric = state.welford.variance(state.group if self.pooled_metric else None)
         state.trajectory.rescale((old / state.inv_metric).sqrt())
         state.welford = WelfordVariance(self.num_chains, state.inv_metric.shape[-1], step_size)
         fresh, spent = reasonable_step_size(
