@@ -272,15 +272,14 @@ def test_initial_points_from_prior_draws_and_a_given_dict():
 # -- the phylogenetic model: one batched likelihood call --------------------------------------
 
 
-def small_phylo_model():
+def small_phylo_model(**options):
     from models.phylo import Alignment, phylo_model, random_topologies
 
     aln = Alignment.from_sequences(
         ["a", "b", "c", "d", "e"], ["ACGTAC", "ACGAAC", "TCGAAT", "TCGGAT", "TCGGTT"]
     )
-    return aln, phylo_model(
-        aln, random_topologies(5, 1, generator=torch.Generator().manual_seed(0))[0]
-    )
+    topology = random_topologies(5, 1, generator=torch.Generator().manual_seed(0))[0]
+    return aln, phylo_model(aln, topology, **options)
 
 
 def test_phylo_model_runs_one_batched_likelihood_call(monkeypatch):
@@ -297,9 +296,10 @@ def test_phylo_model_runs_one_batched_likelihood_call(monkeypatch):
     monkeypatch.setattr(phylo, "pruning_log_likelihood", counted)
     potential = Potential(model)
     assert potential.dim == 2 * 5 - 3
+    z = potential.initial_points(16)  # prior draws (after a one-off vectorisation check)
     calls.clear()
-    value, grad, terms = potential.value_and_grad(potential.initial_points(16))
-    assert calls == [torch.Size([16]), torch.Size([16])]  # the prior draw, then the potential
+    value, grad, terms = potential.value_and_grad(z)
+    assert calls == [torch.Size([16])]  # all 16 chains in one likelihood call
     assert value.shape == (16,) and grad.shape == (16, 7) and torch.isfinite(grad).all()
 
 
@@ -318,6 +318,18 @@ def test_ds1_top_topology_matches_the_pruning_likelihood():
     torch.testing.assert_close(terms.log_likelihood, direct.double())
     prior = dist.Exponential(10.0).log_prob(lengths).sum(-1) + z.sum(-1)  # Jacobian of exp
     torch.testing.assert_close(terms.log_prior, prior)
+
+
+def test_phylo_per_site_terms_are_per_datum():
+    """phylo_model(per_site=True) puts the patterns in a plate: one term per site pattern."""
+    aln, model = small_phylo_model(per_site=True)
+    per_site, whole = Potential(model), Potential(small_phylo_model()[1])
+    assert per_site.num_data == len(aln.weights) and whole.num_data is None
+    z = torch.randn(6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    terms = per_site.terms(z)
+    assert terms.log_likelihood_per_datum.shape == (6, len(aln.weights))
+    torch.testing.assert_close(terms.log_likelihood_per_datum.sum(-1), terms.log_likelihood)
+    torch.testing.assert_close(terms.log_likelihood, whole.log_likelihood(z))
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -362,8 +374,14 @@ def test_a_model_that_sums_over_the_chains_is_refused():
         loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
         pyro.factor("total", dist.Normal(loc, 1.0).log_prob(torch.tensor(0.3)).sum())
 
+    potential = Potential(model)
+    one = potential.log_density(torch.zeros(1, 1))  # one chain at a time works
+    torch.testing.assert_close(
+        one, dist.Normal(0.0, 1.0).log_prob(torch.tensor([0.0, 0.3])).sum().double()[None]
+    )
     with pytest.raises(ValueError, match="'total' does not vectorise over the chain plate"):
-        Potential(model)
+        potential.log_density(torch.zeros(3, 1))
+    assert potential.num_evaluations == 1
 
 
 def test_a_model_whose_shapes_break_under_the_chain_plate_is_refused():
@@ -371,8 +389,9 @@ def test_a_model_whose_shapes_break_under_the_chain_plate_is_refused():
         loc = pyro.sample("loc", dist.Normal(torch.zeros(2), 1.0).to_event(1))
         pyro.factor("first", loc.reshape(2)[0])  # assumes the unbatched shape
 
+    potential = Potential(model)
     with pytest.raises(ValueError, match="failed when run for 2 chains at once"):
-        Potential(model)
+        potential.initial_points(3)
 
 
 def test_a_support_that_depends_on_another_latent_is_refused():
@@ -382,7 +401,7 @@ def test_a_support_that_depends_on_another_latent_is_refused():
 
     pyro.set_rng_seed(8)
     with pytest.raises(ValueError, match="support of site 'u' depends on other latent sites"):
-        Potential(model)
+        Potential(model).log_density(torch.zeros(2, 2))
 
 
 def test_bad_init_and_values(mixed):

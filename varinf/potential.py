@@ -91,10 +91,12 @@ class Potential:
         dtype: Floating-point type of ``z`` and of every returned value.
         max_plate_nesting: Batch dimensions the model uses; the chain plate goes at
             ``-(max_plate_nesting + 1)``. Found from one unvectorised run when ``None``.
-        check_vectorised: Check once, on two points, that every site's log density per chain
-            is the same with the other chain beside it as alone (a model that sums or mixes
-            over the chains' batch dimension fails this); three model runs, not counted in
-            ``num_evaluations``.
+        check_vectorised: Before the first call with more than one chain, check on two fixed
+            points that every site's log density per chain is the same with the other chain
+            beside it as alone (a model that sums or mixes over the chains' batch dimension
+            fails this); three model runs, not counted in ``num_evaluations``. A model that
+            does not vectorise can still be evaluated one chain at a time (``C = 1``), as
+            Pyro's NUTS does.
 
     Attributes:
         dim: $D$, the total unconstrained dimension.
@@ -147,8 +149,7 @@ class Potential:
         self.sites = _lay_out(self.layout)
         self.dim = self.sites[-1].slice.stop
         self.num_data = self.layout.num_data
-        if check_vectorised:
-            self._check_vectorised()
+        self._vectorisation_unchecked = check_vectorised
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -239,13 +240,15 @@ class Potential:
     # -- internals ---------------------------------------------------------------------------
 
     def _check_vectorised(self) -> None:
+        self._vectorisation_unchecked = False
+        num_evaluations = self.num_evaluations
         generator = torch.Generator().manual_seed(0)
         z = torch.rand(2, self.dim, generator=generator, dtype=self.dtype) * 4 - 2
         z = z.to(self.device)
         with torch.no_grad():
             batched = self._site_log_densities(z)
             alone = [self._site_log_densities(z[i : i + 1]) for i in range(2)]
-        self.num_evaluations = 0
+        self.num_evaluations = num_evaluations
         for name, value in batched.items():
             single = torch.cat([one[name] for one in alone])
             if not torch.isclose(value, single, rtol=1e-6, atol=1e-8, equal_nan=True).all():
@@ -314,6 +317,8 @@ class Potential:
     def _run(self, values: dict, num_chains: int) -> poutine.Trace:
         """One traced run of the model under the chain plate, latent sites set to ``values``
         (``(C, *shape)`` each; sites not given are drawn from the prior)."""
+        if num_chains > 1 and self._vectorisation_unchecked:
+            self._check_vectorised()
         padded = {name: self.layout.pad(name, value) for name, value in values.items()}
         plate = pyro.plate(CHAIN_PLATE, num_chains, dim=self.layout.chain_dim)
         model = plate(SetLatents(padded)(self.model))
