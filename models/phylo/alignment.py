@@ -94,6 +94,20 @@ class Alignment:
         patterns, counts = torch.unique(codes, dim=1, return_counts=True)
         return cls(taxa, patterns, counts.to(torch.float64), n_sites)
 
+    def likelihood_cache(self, dtype: torch.dtype = torch.float64, device=None):
+        """This alignment's `models.phylo.cache.LikelihoodCache` for tips of ``dtype`` on
+        ``device`` (made on first use, kept with the alignment; `LikelihoodCache.clear`
+        frees it)."""
+        from .cache import LikelihoodCache
+
+        device = torch.device("cpu") if device is None else torch.device(device)
+        caches = self.__dict__.setdefault("_caches", {})
+        key = (dtype, device)
+        if key not in caches:
+            tips = self.partials(dtype=dtype, device=device).mT.contiguous()
+            caches[key] = LikelihoodCache(tips)
+        return caches[key]
+
     def partials(self, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
         """Tip partial likelihoods, shape ``(n_taxa, n_patterns, 4)``, ones where allowed."""
         bits = torch.tensor([_A, _C, _G, _T], dtype=torch.uint8)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .alignment import Alignment
+from .cache import LikelihoodCache
 from .pruning import Pruning
 from .substitution import SubstitutionModel, get_model, transition_matrices
 
@@ -56,6 +57,7 @@ def pruning_log_likelihood(
     rescale_every: int = 4,
     optimistic: bool = True,
     per_pattern: bool = False,
+    cache: LikelihoodCache | None = None,
 ) -> Tensor:
     r"""Log-likelihood of site patterns on a batch of trees, from transition matrices.
 
@@ -73,6 +75,9 @@ def pruning_log_likelihood(
         optimistic: first try a pass without any rescaling, kept when every pattern's
             likelihood exceeds 1e-290 (then no partial can have underflowed); otherwise the
             rescaled pass above runs. Cheaper on trees of up to a few hundred taxa.
+        cache: the alignment's `LikelihoodCache` (clade tables, plans, buffers and the
+            underflow memory kept between calls); a fresh one for this call if omitted, so
+            pass one when calling repeatedly (`phylo_model` and `log_likelihood` do).
         per_pattern: return the weighted per-pattern terms ``(..., P)``,
             $n_p \log L_p$, whose sum over the last dimension is the log-likelihood.
 
@@ -103,9 +108,12 @@ def pruning_log_likelihood(
         children = children.expand(*batch, n - 1, 2).reshape(n_batch, n - 1, 2)
     tips = tips.to(trans)
     weights = weights.to(trans)
+    if cache is None:
+        cache = LikelihoodCache(tips)
+    cache.check(tips)
     if children.dim() == 2:
         out = Pruning.apply(flat_trans, flat_freqs, flat_cat, tips, weights, children,
-                            rescale_every, optimistic, per_pattern)  # fmt: skip
+                            rescale_every, optimistic, per_pattern, cache)  # fmt: skip
         return out.reshape(batch + out.shape[1:])
     # different topologies: chunks bound the memory of the node-major buffers
     chunks = [
@@ -119,6 +127,7 @@ def pruning_log_likelihood(
             rescale_every,
             optimistic,
             per_pattern,
+            cache,
         )  # fmt: skip
         for i in range(0, n_batch, _CHUNK)
     ]
@@ -159,8 +168,9 @@ def log_likelihood(
     model = get_model(substitution)
     if params is None:
         params = model.params
-    tips = alignment.partials(dtype=lengths.dtype, device=lengths.device).mT.contiguous()
+    cache = alignment.likelihood_cache(lengths.dtype, lengths.device)
     trans = transition_matrices(model, params, lengths, rates)
     freqs = model.frequencies(params).to(lengths)
     weights = alignment.weights.to(lengths)
-    return pruning_log_likelihood(tips, weights, children.to(lengths.device), trans, freqs)
+    return pruning_log_likelihood(cache.tips, weights, children.to(lengths.device), trans, freqs,
+                                  cache=cache)  # fmt: skip

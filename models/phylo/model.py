@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from .alignment import Alignment
+from .cache import LikelihoodCache
 from .errors import PhyloFormatError
 from .likelihood import pruning_log_likelihood
 from .substitution import SubstitutionModel, discrete_gamma_rates, get_model, transition_matrices
@@ -73,7 +74,8 @@ def phylo_model(
     Returns:
         The model, a callable without arguments that returns the log-likelihood. Its
         attribute ``model.site_weights`` holds the pattern counts $n_p$, shape ``(P,)``
-        (divide the per-pattern terms by them for per-site log-likelihoods).
+        (divide the per-pattern terms by them for per-site log-likelihoods);
+        ``model.likelihood_caches`` maps each device it ran on to its `LikelihoodCache`.
 
     Example:
         >>> aln = Alignment.from_sequences(["a", "b", "c", "d"], ["ACGT", "ACGA", "TCGA", "TCGG"])
@@ -92,8 +94,8 @@ def phylo_model(
     children = _fixed_topology(topology, alignment)
     model_sub = get_model(substitution)
     prior = dist.Exponential(10.0) if branch_prior is None else branch_prior
-    tips = alignment.partials().mT.contiguous()
     weights = alignment.weights
+    caches: dict = {}  # one LikelihoodCache per device this model runs on
 
     def model() -> Tensor:
         tau = pyro.sample("topology", UniformTopology(n)) if children is None else children
@@ -106,9 +108,14 @@ def phylo_model(
         rates = None if shape is None else discrete_gamma_rates(shape, gamma_categories)
         trans = transition_matrices(model_sub, params, lengths, rates)
         freqs = model_sub.frequencies(params).to(lengths)
+        device = lengths.device
+        if device not in caches:
+            tips = alignment.partials(device=device).mT.contiguous()
+            caches[device] = LikelihoodCache(tips)
+        cache = caches[device]
         loglik = pruning_log_likelihood(
-            tips.to(lengths.device), weights.to(lengths.device), tau.to(lengths.device),
-            trans, freqs, rescale_every=rescale_every, per_pattern=per_site,
+            cache.tips, weights.to(device), tau.to(device), trans, freqs,
+            rescale_every=rescale_every, per_pattern=per_site, cache=cache,
         )  # fmt: skip
         if not per_site:
             pyro.factor("alignment", loglik)
@@ -119,6 +126,7 @@ def phylo_model(
         return loglik.sum(-1)  # the latents' batch shape, as without per_site
 
     model.site_weights = weights
+    model.likelihood_caches = caches
     return model
 
 
