@@ -1,8 +1,8 @@
 r"""DNA alignments: reading FASTA, NEXUS and PHYLIP, IUPAC partials and site patterns.
 
-An alignment of :math:`n` taxa and :math:`S` sites is stored compressed into its :math:`P`
+An alignment of $n$ taxa and $S$ sites is stored compressed into its $P$
 unique site patterns with integer weights (how many sites share the pattern), because the
-likelihood of a site depends only on its column: :math:`\log L = \sum_p w_p \log L_p`.
+likelihood of a site depends only on its column: $\log L = \sum_p w_p \log L_p$.
 Each character becomes a 4-bit mask over the states ``A, C, G, T`` (IUPAC ambiguity codes set
 several bits; gaps ``-``/``.`` and missing data ``?``/``N``/``X`` set all four, the all-ones
 partial used by MrBayes, IQ-TREE, torchtree and VBPI).
@@ -45,7 +45,7 @@ class Alignment:
         taxa: taxon names, in the order of the rows (leaf ``i`` of every tree is ``taxa[i]``).
         patterns: ``(n_taxa, n_patterns)`` uint8 bitmasks over ``A, C, G, T``.
         weights: ``(n_patterns,)`` float64 counts of sites showing each pattern.
-        n_sites: number of alignment columns :math:`S = \sum_p w_p`.
+        n_sites: number of alignment columns $S = \sum_p w_p$.
     """
 
     taxa: tuple[str, ...]

@@ -178,8 +178,9 @@ class BatchPlan:
     and in the backward pass they receive no gradient (`backward_batched_repeats`).
 
     Attributes:
-        examined: whether the batch was looked at (`CladePatterns.should_try`).
-        worthwhile: whether it was, and the padded columns are at most 60% of `(n-1) * P`
+        examined: whether the batch was looked at (`ProbeSchedule.should_try`).
+        worthwhile: whether it was, and the padded columns are at most `cache.worthwhile`
+            (60%) of `(n-1) * P`
             (measured on DS1: above that, the set-up costs more than the repeats save); if
             not, the attributes below are not set.
         waves: `(first step, count, width)` of each wave.

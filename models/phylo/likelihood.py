@@ -1,13 +1,13 @@
 r"""Felsenstein's pruning likelihood, batched over particles and topologies.
 
-For a rooted binary tree with transition matrices :math:`P_k` on the edge above node
-:math:`k`, the conditional likelihoods (partials) are :math:`L_v = (P_a L_a) \odot (P_b L_b)`
-for the children :math:`a, b` of :math:`v`, and a site pattern's likelihood is
-:math:`L_p = \sum_c w_c \sum_s \pi_s L_{\text{root},c,p,s}` over rate categories :math:`c`
-(Felsenstein 1981). The log-likelihood is :math:`\sum_p n_p \log L_p` for pattern counts
-:math:`n_p`.
+For a rooted binary tree with transition matrices $P_k$ on the edge above node
+$k$, the conditional likelihoods (partials) are $L_v = (P_a L_a) \odot (P_b L_b)$
+for the children $a, b$ of $v$, and a site pattern's likelihood is
+$L_p = \sum_c w_c \sum_s \pi_s L_{\text{root},c,p,s}$ over rate categories $c$
+(Felsenstein 1981). The log-likelihood is $\sum_p n_p \log L_p$ for pattern counts
+$n_p$.
 
-One loop of :math:`n-1` steps visits the rows of the ``(…, n-1, 2)`` child table
+One loop of $n-1$ steps visits the rows of the ``(…, n-1, 2)`` child table
 (`models.phylo.topology`); each step is one product and one batched matrix product over every
 particle, topology, rate category and site pattern at once (`models.phylo.pruning`). A first
 pass runs unscaled and over each node's distinct clade patterns only (`models.phylo.repeats`;
@@ -17,14 +17,16 @@ partials are rescaled by their maximum over states and categories every few node
 of the factors summed, so thousands of taxa do not underflow in float64.
 
 Gradients are analytic: a pre-order pass computes the outside partials
-:math:`U_k = G_{\text{parent}} \odot (P_{\text{sib}} L_{\text{sib}})`,
-:math:`G_k = U_k P_k`, :math:`G_{\text{root}} = w_c\pi`, and
+$U_k = G_{\text{parent}} \odot (P_{\text{sib}} L_{\text{sib}})$,
+$G_k = U_k P_k$, $G_{\text{root}} = w_c\pi$, and
 
-.. math:: \frac{\partial \log L_p}{\partial (P_k)_{c,ij}} = \frac{U_{k,c,i} L_{k,c,j}}
-          {\sum_{c,i} U_{k,c,i} (P_k L_k)_{c,i}},
+$$
+\frac{\partial \log L_p}{\partial (P_k)_{c,ij}} = \frac{U_{k,c,i} L_{k,c,j}}
+{\sum_{c,i} U_{k,c,i} (P_k L_k)_{c,i}},
+$$
 
-where the denominator equals :math:`L_p` up to the rescaling factors (Ji et al. 2020,
-"Gradients do grow on trees"). Starting from :math:`G_{\text{root}} = w_c\pi\,/\tilde L_p`
+where the denominator equals $L_p$ up to the rescaling factors (Ji et al. 2020,
+"Gradients do grow on trees"). Starting from $G_{\text{root}} = w_c\pi\,/\tilde L_p$
 and dividing each outside partial by its node's forward rescaling factor makes every
 denominator one, so the pass needs neither normalisation nor rescaling of its own. Autograd
 carries these gradients to branch lengths and substitution parameters.
@@ -157,7 +159,7 @@ def log_likelihood(
     Returns:
         ``(...)`` log-likelihoods.
 
-    Example:
+    Examples:
         >>> from models.phylo.alignment import Alignment
         >>> from models.phylo.topology import from_edges
         >>> aln = Alignment.from_sequences(["a", "b", "c"], ["AC", "AC", "AG"])

@@ -1,15 +1,16 @@
 r"""The phylogenetic Pyro model and the uniform prior over unrooted topologies.
 
-.. math::
-    \tau \sim \mathrm{Uniform}(\mathcal{T}_n),\quad
-    b_e \overset{iid}{\sim} p(b),\ e = 1 … 2n-3,\quad
-    \theta \sim p(\theta),\quad
-    \log p(D \mid \tau, b, \theta) = \sum_p n_p \log L_p(\tau, b, \theta),
+$$
+\tau \sim \mathrm{Uniform}(\mathcal{T}_n),\quad
+b_e \overset{iid}{\sim} p(b),\ e = 1 … 2n-3,\quad
+\theta \sim p(\theta),\quad
+\log p(D \mid \tau, b, \theta) = \sum_p n_p \log L_p(\tau, b, \theta),
+$$
 
-with :math:`|\mathcal{T}_n| = (2n-5)!!` unrooted binary topologies, :math:`p(b)` the branch
-length prior (Exponential(10) in MrBayes, SBN and VBPI benchmarks), :math:`\theta` the
-substitution and rate parameters (fixed or latent) and :math:`L_p` Felsenstein's likelihood of
-site pattern :math:`p` (`models.phylo.likelihood`). Zhang & Matsen (2019), "Variational
+with $|\mathcal{T}_n| = (2n-5)!!$ unrooted binary topologies, $p(b)$ the branch
+length prior (Exponential(10) in MrBayes, SBN and VBPI benchmarks), $\theta$ the
+substitution and rate parameters (fixed or latent) and $L_p$ Felsenstein's likelihood of
+site pattern $p$ (`models.phylo.likelihood`). Zhang & Matsen (2019), "Variational
 Bayesian phylogenetic inference", use exactly this model.
 """
 
@@ -47,7 +48,7 @@ def phylo_model(
     r"""A Pyro model of an alignment evolving along a tree.
 
     Sample sites: ``"topology"`` (only if ``topology`` is ``None``; `UniformTopology`),
-    ``"branch_lengths"`` (``branch_prior`` expanded to :math:`2n-3` branches, one event), each
+    ``"branch_lengths"`` (``branch_prior`` expanded to $2n-3$ branches, one event), each
     distribution-valued substitution parameter under its own name (``"kappa"``, ``"rates"``,
     ``"freqs"``), ``"gamma_shape"`` if it is a distribution; then
     ``pyro.factor("alignment", log_likelihood)``. No plates are declared: run it inside
@@ -77,7 +78,7 @@ def phylo_model(
         (divide the per-pattern terms by them for per-site log-likelihoods);
         ``model.likelihood_caches`` maps each device it ran on to its `LikelihoodCache`.
 
-    Example:
+    Examples:
         >>> aln = Alignment.from_sequences(["a", "b", "c", "d"], ["ACGT", "ACGA", "TCGA", "TCGG"])
         >>> model = phylo_model(aln)
         >>> with pyro.plate("particles", 7, dim=-1):

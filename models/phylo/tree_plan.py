@@ -28,7 +28,7 @@ class RepeatPlan:
         tips: per leaf, its distinct tip columns `(4, K_c)`.
         index: per row `j`, the child columns `(i_a, i_b)` of node `n+j`'s patterns,
             `None` where the gather would be the identity.
-        sizes: :math:`K_v` per node.
+        sizes: $K_v$ per node.
         root_ids: `(P,)` distinct root pattern of every site pattern.
         leaf_cols: per row, each leaf child's tip columns at the row's patterns (else `None`).
     """
