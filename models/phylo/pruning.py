@@ -87,8 +87,9 @@ def _unscaled_repeats(trans_n, tips, sched, children, freqs, cat_w, weights, kee
     """The repeats path that applies, run; `(path, result)` or `(None, None)` when the batch's
     clades do not recur enough."""
     if sched.shared:
-        plan = plan_for(cache, sched.rows)
-        return Path.REPEATS, forward_repeats(trans_n, plan, sched.rows, freqs, cat_w, weights,
+        plan = plan_for(cache, children)
+        sched.rows = plan.rows
+        return Path.REPEATS, forward_repeats(trans_n, plan, plan.rows, freqs, cat_w, weights,
                                              keep)  # fmt: skip
     plan = batch_plan_for(cache, children, keep)
     if not plan.worthwhile:

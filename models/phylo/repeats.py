@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .batch_layout import BatchPlan
-from .partials import internal_message, leaf_message, root_likelihood
+from .partials import root_likelihood
 from .tree_plan import RepeatPlan
 
 
@@ -53,40 +53,51 @@ class BatchRepeatsState:
     saved: list[tuple[Tensor, Tensor]]
 
 
-def _take(x: Tensor, index: Tensor | None) -> Tensor:
-    # gather with a broadcast index is several times faster than index_select on the last dim
-    return x if index is None else x.gather(-1, index.expand(*x.shape[:-1], -1))
-
-
 def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
     """Unscaled pruning over distinct clade patterns; returns what `Pruning` needs: the
     log-likelihoods of the root's patterns `(N, K_root)`, the state for
     `backward_repeats`, the root's pattern likelihoods `(N, K_root)`, the root partials,
-    the root's pattern weights and the smallest likelihood."""
-    n = len(plan.tips)
+    the root's pattern weights and the smallest likelihood.
+
+    Partials are `(N*C, 4, K)`, so that every message is one `bmm` (a 4-D broadcast matmul
+    costs three times as much at these sizes), and the plan's indices come expanded to that
+    shape once (an `expand` per gather costs as much as the gather)."""
+    n, (n_batch, n_cat) = len(plan.tips), trans_n.shape[1:3]
+    nc, top = n_batch * n_cat, 2 * n - 3
+    mats = trans_n.view(-1, nc, 4, 4).unbind(0)  # one op, not one select a node
+    leaf_mats = trans_n[:n].view(n, -1, 4).unbind(0)
     low, pairs = {}, []
-    for j, (c0, c1) in enumerate(rows):
+    for j, steps in enumerate(plan.steps(nc)):
         ms = []
-        for c, index, cols in zip((c0, c1), plan.index[j], plan.leaf_cols[j], strict=True):
-            if c < n:  # the leaf's tip columns at the parent's patterns
-                ms.append(leaf_message(trans_n[c], cols))
+        for c, idx, cols in steps:
+            if cols is not None:  # a leaf's tip columns at the parent's patterns
+                ms.append(torch.mm(leaf_mats[c], cols).view(nc, 4, -1))
                 continue
-            ms.append(_take(internal_message(trans_n, c, low[c] if keep else low.pop(c), n), index))
+            x = low[c] if keep else low.pop(c)
+            m = x if c == top else torch.bmm(mats[c], x)
+            ms.append(m if idx is None else m.gather(-1, idx))
         if keep:
             pairs.append(ms)
         # without keep, ms[0] is a fresh message or a partial nothing else needs
         low[n + j] = part = ms[0] * ms[1] if keep else ms[0].mul_(ms[1])
-    lik = root_likelihood(part, freqs, cat_w)  # (N, K_root)
+    root = part.view(n_batch, n_cat, 4, -1)
+    lik = root_likelihood(root, freqs, cat_w)  # (N, K_root)
     root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    return lik.log(), RepeatsState(plan, pairs, low), lik, part, root_w, lik.min()
+    return lik.log(), RepeatsState(plan, pairs, low), lik, root, root_w, lik.min()
 
 
 def backward_repeats(rows, trans_n, state: RepeatsState, g):
-    r"""Pre-order pass over distinct patterns (`models.phylo.pruning._backward_shared` with
-    each child's outside partial summed onto its own columns first)."""
+    r"""Pre-order pass over distinct patterns (`models.phylo.scaled.backward_shared` with
+    each child's outside partial summed onto its own columns first), in the `(N*C, 4, K)`
+    layout of `forward_repeats`."""
     plan, pairs, low = state.plan, state.pairs, state.low
-    n = len(plan.tips)
+    n, (n_batch, n_cat) = len(plan.tips), trans_n.shape[1:3]
+    nc = n_batch * n_cat
+    mats = trans_n.view(-1, nc, 4, 4)
     grad_n = torch.empty_like(trans_n)
+    grads = grad_n.view(-1, nc, 4, 4)
+    index = plan.expanded(nc)
+    g = g.reshape(nc, 4, -1)
     outer = {}
     for j in range(n - 2, -1, -1):
         if j < n - 2:
@@ -94,15 +105,14 @@ def backward_repeats(rows, trans_n, state: RepeatsState, g):
         for side, k in enumerate(rows[j]):
             u = g * pairs[j][1 - side]
             if k < n:  # the leaf's columns at this node's patterns: no scatter needed
-                leaf = u.reshape(-1, u.shape[-1]) @ plan.leaf_cols[j][side].transpose(-1, -2)
-                grad_n[k] = leaf.view(grad_n.shape[1:])
+                leaf = u.view(-1, u.shape[-1]) @ plan.leaf_cols[j][side].mT
+                grads[k] = leaf.view(nc, 4, 4)
                 continue
-            index = plan.index[j][side]
-            if index is not None:
-                full = u.new_zeros(*u.shape[:-1], plan.sizes[k])
-                u = full.scatter_add_(-1, index.expand(u.shape), u)
-            outer[k] = trans_n[k].transpose(-1, -2) @ u
-            torch.matmul(u, low[k].transpose(-1, -2), out=grad_n[k])
+            idx = index[j][side]
+            if idx is not None:
+                u = u.new_zeros(nc, 4, plan.sizes[k]).scatter_add_(-1, idx, u)
+            outer[k] = torch.bmm(mats[k].mT, u)
+            torch.bmm(u, low[k].mT, out=grads[k])
     return grad_n[: 2 * n - 3].transpose(0, 1)
 
 

@@ -52,8 +52,11 @@ class Schedule:
     def __init__(self, children: Tensor, n_batch: int) -> None:
         self.shared = children.dim() == 2
         self.children, self.n_batch = children, n_batch
-        if self.shared:  # one topology: plain slices, no index tensors
-            self.rows = children.tolist()
+
+    @functools.cached_property
+    def rows(self) -> list[list[int]]:
+        """One topology's rows (plain slices, no index tensors)."""
+        return self.children.tolist()
 
     @functools.cached_property
     def idx(self) -> Tensor:

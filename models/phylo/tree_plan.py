@@ -57,10 +57,30 @@ class RepeatPlan:
             cols = [None if c >= n else self.tips[c][:, x[s]] for s, c in enumerate((a, b))]
             self.leaf_cols.append(tuple(cols))
         self.root_ids = patterns.root_ids(device)
+        self.rows, self._steps = rows, {}
+
+    def expanded(self, width: int) -> list[tuple]:
+        """`index` with each index expanded to `(width, 4, K)` (views, kept per width)."""
+        return [tuple(idx for _, idx, _ in row) for row in self.steps(width)]
+
+    def steps(self, width: int) -> list[tuple]:
+        """Per row, for both children: `(child, index expanded to (width, 4, K) or None, its
+        tip columns if a leaf else None)`, kept per width: the loop of `forward_repeats`."""
+        if width not in self._steps:
+            self._steps[width] = [
+                tuple((c, None if i is None else i.expand(width, 4, -1), cols)
+                      for c, i, cols in zip(row, pair, leaves, strict=True))
+                for row, pair, leaves in zip(self.rows, self.index, self.leaf_cols, strict=True)
+            ]  # fmt: skip
+        return self._steps[width]
 
 
-def plan_for(cache, rows: list[list[int]]) -> RepeatPlan:
-    """The `RepeatPlan` of a topology's rows, kept in the cache (a model with a fixed
+def plan_for(cache, children) -> RepeatPlan:
+    """The `RepeatPlan` of a topology `(n-1, 2)`, kept in the cache (a model with a fixed
     topology evaluates the same plan at every step)."""
-    key = ("tree", np.asarray(rows).tobytes())
-    return cache.tables["plans"].get_or_make(key, lambda: RepeatPlan(cache, rows))
+    key = ("tree", children.cpu().numpy().tobytes())
+    plan = cache.tables["plans"].get(key)
+    if plan is None:
+        plan = RepeatPlan(cache, children.tolist())
+        cache.tables["plans"].put(key, plan)
+    return plan

@@ -43,9 +43,8 @@ def test_plan_cache_follows_tip_values(ds1):
         return pruning_log_likelihood(t, aln.weights, children, trans, pi).item()
 
     reference = loglik(tips)
-    rows = children.tolist()
     cache = LikelihoodCache(tips)
-    assert plan_for(cache, rows) is plan_for(cache, rows)  # the same alignment: cache hit
+    assert plan_for(cache, children) is plan_for(cache, children)  # the same cache: a hit
     changed = tips.clone()
     changed[0] = 1.0  # taxon 0 becomes missing data everywhere
     unscaled = pruning_log_likelihood(changed, aln.weights, children, trans, pi, optimistic=False)
