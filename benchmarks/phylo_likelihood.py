@@ -93,7 +93,9 @@ _CACHES: dict = {}  # one LikelihoodCache per alignment, as phylo_model keeps
 def ours(tips, weights, children, lengths, optimistic=True):
     trans = JC69().transition_matrices({}, lengths)[..., None, :, :]
     freqs = torch.full((4,), 0.25, dtype=lengths.dtype, device=lengths.device)
-    cache = _CACHES.setdefault(id(tips), LikelihoodCache(tips))
+    cache = _CACHES.get(id(tips))
+    if cache is None:
+        cache = _CACHES[id(tips)] = LikelihoodCache(tips)
     return pruning_log_likelihood(tips, weights, children, trans, freqs, optimistic=optimistic,
                                   cache=cache)  # fmt: skip
 
@@ -204,6 +206,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--before", default=None, help="another checkout, timed side by side")
+    parser.add_argument("--cases", nargs="*", default=None, help="only these cases (names)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -225,6 +228,8 @@ def main() -> None:
     cases.append(("10 of 40", [tuple(x.to(device) for x in batch) for batch in drawn]))
     random = [random_topologies(27, 10, gen).to(device) for _ in range(calls)]
     cases.append(("10 random", [(c, lengths1.expand(10, -1)) for c in random]))
+    if args.cases:
+        cases = [case for case in cases if case[0] in args.cases]
     impls = [("varinf", ours), ("varinf-rs", ours_rescaled)]
     tt = torchtree_fn()
     if tt is not None:
