@@ -33,3 +33,11 @@ def test_rqmc_logistic_regression_example(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "i.i.d. (N=8)" in out and "RQMC (N=8)" in out and "final ELBO" in out
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flow_guide_evidence_example(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["flow_guide_evidence.py", "--steps", "30"])
+    runpy.run_path(str(ROOT / "examples" / "flow_guide_evidence.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    for name in ("sumo toy", "logistic regression", "mean-field", "realnvp", "ESS"):
+        assert name in out
