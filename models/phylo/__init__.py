@@ -6,6 +6,7 @@ See ``docs/phylo.md``. The public API::
 """
 
 from .alignment import Alignment, read_alignment
+from .cache import LikelihoodCache
 from .errors import PhyloFormatError
 from .hessian import log_likelihood_hessian
 from .likelihood import log_likelihood, pruning_log_likelihood
@@ -17,6 +18,7 @@ from .trees import Tree, parse_newick, read_trees, stack_trees
 __all__ = [
     "Alignment",
     "read_alignment",
+    "LikelihoodCache",
     "PhyloFormatError",
     "log_likelihood",
     "pruning_log_likelihood",

@@ -12,6 +12,7 @@ prints one log-likelihood per tree, in file order. Bad files or arguments print 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -65,16 +66,53 @@ def run_loglik(args: argparse.Namespace) -> int:
     return 0
 
 
+# Bounds of the substitution parameters the command accepts: ratios beyond a million to one
+# and Gamma shapes outside [1e-3, 1e4] (IQ-TREE and RAxML-NG allow [0.02, 1000]) describe no
+# real data and only overflow or underflow the transition matrices.
+RATIO_BOUNDS = (1e-6, 1e6)
+GAMMA_SHAPE_BOUNDS = (1e-3, 1e4)
+MAX_GAMMA_CATEGORIES = 64
+
+
+def _check_parameters(args: argparse.Namespace) -> None:
+    """Refuse non-finite and absurd substitution parameters, naming the option."""
+    lo, hi = RATIO_BOUNDS
+    options = {"--kappa": [args.kappa], "--rates": args.rates or [], "--freqs": args.freqs or []}
+    for option, values in options.items():
+        bad = next((v for v in values if not math.isfinite(v) or v <= 0), None)
+        if bad is not None:
+            raise ValueError(f"{option} must be positive and finite, got {bad}")
+        if option != "--freqs" and any(not lo <= v <= hi for v in values):
+            raise ValueError(f"{option} must lie in [{lo:g}, {hi:g}], got {values}")
+    if args.freqs is not None and max(args.freqs) / min(args.freqs) > hi:
+        raise ValueError(f"--freqs differ by more than {hi:g} to one: {args.freqs}")
+    if args.gamma_shape is not None:
+        lo, hi = GAMMA_SHAPE_BOUNDS
+        if not lo <= args.gamma_shape <= hi:  # False for NaN
+            raise ValueError(f"--gamma-shape must lie in [{lo:g}, {hi:g}], got {args.gamma_shape}")
+    if not 1 <= args.gamma_categories <= MAX_GAMMA_CATEGORIES:
+        raise ValueError(f"--gamma-categories must be between 1 and {MAX_GAMMA_CATEGORIES}, "
+                         f"got {args.gamma_categories}")  # fmt: skip
+
+
+def _check_lengths(trees, path: str) -> None:
+    for i, tree in enumerate(trees):
+        if tree.lengths is None:
+            raise PhyloFormatError(f"{path}, tree {i + 1}: no branch lengths")
+        if not torch.isfinite(tree.lengths).all():
+            raise PhyloFormatError(
+                f"{path}, tree {i + 1}: infinite branch length; every branch needs a finite "
+                "length (expected substitutions per site)"
+            )
+
+
 def _loglik(args: argparse.Namespace) -> list[float]:
+    _check_parameters(args)
     aln = read_alignment(args.alignment)
     trees = read_trees(args.tree, taxa=aln.taxa)
-    bare = next((i for i, t in enumerate(trees) if t.lengths is None), None)
-    if bare is not None:
-        raise PhyloFormatError(f"{args.tree}, tree {bare + 1}: no branch lengths")
+    _check_lengths(trees, args.tree)
     freqs = args.freqs if args.freqs is not None else aln.empirical_frequencies()
     freqs = torch.as_tensor(freqs, dtype=torch.float64)
-    if (freqs <= 0).any():
-        raise ValueError("--freqs must all be positive")
     freqs = freqs / freqs.sum()
     model = {
         "JC69": lambda: JC69(),

@@ -92,14 +92,10 @@ def differentiable_pruning(
 
 
 def log_likelihood_hessian(
-    alignment: Alignment,
-    children: Tensor,
-    lengths: Tensor,
-    substitution: str | SubstitutionModel = "JC69",
-    params: dict[str, Tensor] | None = None,
-    rates: Tensor | None = None,
-    log_lengths: bool = False,
-) -> Tensor:
+    alignment: Alignment, children: Tensor, lengths: Tensor,
+    substitution: str | SubstitutionModel = "JC69", params: dict[str, Tensor] | None = None,
+    rates: Tensor | None = None, log_lengths: bool = False,
+) -> Tensor:  # fmt: skip
     r"""Exact Hessian of the log-likelihood with respect to the branch lengths.
 
     With partials $L_v$, messages $M_k = P_k L_k$ and normalised outside partials $G_u$

@@ -1,13 +1,13 @@
 r"""Felsenstein's pruning likelihood, batched over particles and topologies.
 
-For a rooted binary tree with transition matrices :math:`P_k` on the edge above node
-:math:`k`, the conditional likelihoods (partials) are :math:`L_v = (P_a L_a) \odot (P_b L_b)`
-for the children :math:`a, b` of :math:`v`, and a site pattern's likelihood is
-:math:`L_p = \sum_c w_c \sum_s \pi_s L_{\text{root},c,p,s}` over rate categories :math:`c`
-(Felsenstein 1981). The log-likelihood is :math:`\sum_p n_p \log L_p` for pattern counts
-:math:`n_p`.
+For a rooted binary tree with transition matrices $P_k$ on the edge above node
+$k$, the conditional likelihoods (partials) are $L_v = (P_a L_a) \odot (P_b L_b)$
+for the children $a, b$ of $v$, and a site pattern's likelihood is
+$L_p = \sum_c w_c \sum_s \pi_s L_{\text{root},c,p,s}$ over rate categories $c$
+(Felsenstein 1981). The log-likelihood is $\sum_p n_p \log L_p$ for pattern counts
+$n_p$.
 
-One loop of :math:`n-1` steps visits the rows of the ``(…, n-1, 2)`` child table
+One loop of $n-1$ steps visits the rows of the ``(…, n-1, 2)`` child table
 (`models.phylo.topology`); each step is one product and one batched matrix product over every
 particle, topology, rate category and site pattern at once (`models.phylo.pruning`). A first
 pass runs unscaled and over each node's distinct clade patterns only (`models.phylo.repeats`;
@@ -17,14 +17,16 @@ partials are rescaled by their maximum over states and categories every few node
 of the factors summed, so thousands of taxa do not underflow in float64.
 
 Gradients are analytic: a pre-order pass computes the outside partials
-:math:`U_k = G_{\text{parent}} \odot (P_{\text{sib}} L_{\text{sib}})`,
-:math:`G_k = U_k P_k`, :math:`G_{\text{root}} = w_c\pi`, and
+$U_k = G_{\text{parent}} \odot (P_{\text{sib}} L_{\text{sib}})$,
+$G_k = U_k P_k$, $G_{\text{root}} = w_c\pi$, and
 
-.. math:: \frac{\partial \log L_p}{\partial (P_k)_{c,ij}} = \frac{U_{k,c,i} L_{k,c,j}}
-          {\sum_{c,i} U_{k,c,i} (P_k L_k)_{c,i}},
+$$
+\frac{\partial \log L_p}{\partial (P_k)_{c,ij}} = \frac{U_{k,c,i} L_{k,c,j}}
+{\sum_{c,i} U_{k,c,i} (P_k L_k)_{c,i}},
+$$
 
-where the denominator equals :math:`L_p` up to the rescaling factors (Ji et al. 2020,
-"Gradients do grow on trees"). Starting from :math:`G_{\text{root}} = w_c\pi\,/\tilde L_p`
+where the denominator equals $L_p$ up to the rescaling factors (Ji et al. 2020,
+"Gradients do grow on trees"). Starting from $G_{\text{root}} = w_c\pi\,/\tilde L_p$
 and dividing each outside partial by its node's forward rescaling factor makes every
 denominator one, so the pass needs neither normalisation nor rescaling of its own. Autograd
 carries these gradients to branch lengths and substitution parameters.
@@ -38,6 +40,7 @@ import torch
 from torch import Tensor
 
 from .alignment import Alignment
+from .cache import LikelihoodCache
 from .pruning import Pruning
 from .substitution import SubstitutionModel, get_model, transition_matrices
 
@@ -56,6 +59,7 @@ def pruning_log_likelihood(
     rescale_every: int = 4,
     optimistic: bool = True,
     per_pattern: bool = False,
+    cache: LikelihoodCache | None = None,
 ) -> Tensor:
     r"""Log-likelihood of site patterns on a batch of trees, from transition matrices.
 
@@ -73,6 +77,9 @@ def pruning_log_likelihood(
         optimistic: first try a pass without any rescaling, kept when every pattern's
             likelihood exceeds 1e-290 (then no partial can have underflowed); otherwise the
             rescaled pass above runs. Cheaper on trees of up to a few hundred taxa.
+        cache: the alignment's `LikelihoodCache` (clade tables, plans, buffers and the
+            underflow memory kept between calls); a fresh one for this call if omitted, so
+            pass one when calling repeatedly (`phylo_model` and `log_likelihood` do).
         per_pattern: return the weighted per-pattern terms ``(..., P)``,
             $n_p \log L_p$, whose sum over the last dimension is the log-likelihood.
 
@@ -103,9 +110,12 @@ def pruning_log_likelihood(
         children = children.expand(*batch, n - 1, 2).reshape(n_batch, n - 1, 2)
     tips = tips.to(trans)
     weights = weights.to(trans)
+    if cache is None:
+        cache = LikelihoodCache(tips)
+    cache.check(tips)
     if children.dim() == 2:
         out = Pruning.apply(flat_trans, flat_freqs, flat_cat, tips, weights, children,
-                            rescale_every, optimistic, per_pattern)  # fmt: skip
+                            rescale_every, optimistic, per_pattern, cache)  # fmt: skip
         return out.reshape(batch + out.shape[1:])
     # different topologies: chunks bound the memory of the node-major buffers
     chunks = [
@@ -119,6 +129,7 @@ def pruning_log_likelihood(
             rescale_every,
             optimistic,
             per_pattern,
+            cache,
         )  # fmt: skip
         for i in range(0, n_batch, _CHUNK)
     ]
@@ -148,7 +159,7 @@ def log_likelihood(
     Returns:
         ``(...)`` log-likelihoods.
 
-    Example:
+    Examples:
         >>> from models.phylo.alignment import Alignment
         >>> from models.phylo.topology import from_edges
         >>> aln = Alignment.from_sequences(["a", "b", "c"], ["AC", "AC", "AG"])
@@ -159,8 +170,9 @@ def log_likelihood(
     model = get_model(substitution)
     if params is None:
         params = model.params
-    tips = alignment.partials(dtype=lengths.dtype, device=lengths.device).mT.contiguous()
+    cache = alignment.likelihood_cache(lengths.dtype, lengths.device)
     trans = transition_matrices(model, params, lengths, rates)
     freqs = model.frequencies(params).to(lengths)
     weights = alignment.weights.to(lengths)
-    return pruning_log_likelihood(tips, weights, children.to(lengths.device), trans, freqs)
+    return pruning_log_likelihood(cache.tips, weights, children.to(lengths.device), trans, freqs,
+                                  cache=cache)  # fmt: skip

@@ -1,15 +1,16 @@
 r"""The phylogenetic Pyro model and the uniform prior over unrooted topologies.
 
-.. math::
-    \tau \sim \mathrm{Uniform}(\mathcal{T}_n),\quad
-    b_e \overset{iid}{\sim} p(b),\ e = 1 … 2n-3,\quad
-    \theta \sim p(\theta),\quad
-    \log p(D \mid \tau, b, \theta) = \sum_p n_p \log L_p(\tau, b, \theta),
+$$
+\tau \sim \mathrm{Uniform}(\mathcal{T}_n),\quad
+b_e \overset{iid}{\sim} p(b),\ e = 1 … 2n-3,\quad
+\theta \sim p(\theta),\quad
+\log p(D \mid \tau, b, \theta) = \sum_p n_p \log L_p(\tau, b, \theta),
+$$
 
-with :math:`|\mathcal{T}_n| = (2n-5)!!` unrooted binary topologies, :math:`p(b)` the branch
-length prior (Exponential(10) in MrBayes, SBN and VBPI benchmarks), :math:`\theta` the
-substitution and rate parameters (fixed or latent) and :math:`L_p` Felsenstein's likelihood of
-site pattern :math:`p` (`models.phylo.likelihood`). Zhang & Matsen (2019), "Variational
+with $|\mathcal{T}_n| = (2n-5)!!$ unrooted binary topologies, $p(b)$ the branch
+length prior (Exponential(10) in MrBayes, SBN and VBPI benchmarks), $\theta$ the
+substitution and rate parameters (fixed or latent) and $L_p$ Felsenstein's likelihood of
+site pattern $p$ (`models.phylo.likelihood`). Zhang & Matsen (2019), "Variational
 Bayesian phylogenetic inference", use exactly this model.
 """
 
@@ -24,6 +25,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from .alignment import Alignment
+from .cache import LikelihoodCache
 from .errors import PhyloFormatError
 from .likelihood import pruning_log_likelihood
 from .substitution import SubstitutionModel, discrete_gamma_rates, get_model, transition_matrices
@@ -46,7 +48,7 @@ def phylo_model(
     r"""A Pyro model of an alignment evolving along a tree.
 
     Sample sites: ``"topology"`` (only if ``topology`` is ``None``; `UniformTopology`),
-    ``"branch_lengths"`` (``branch_prior`` expanded to :math:`2n-3` branches, one event), each
+    ``"branch_lengths"`` (``branch_prior`` expanded to $2n-3$ branches, one event), each
     distribution-valued substitution parameter under its own name (``"kappa"``, ``"rates"``,
     ``"freqs"``), ``"gamma_shape"`` if it is a distribution; then
     ``pyro.factor("alignment", log_likelihood)``. No plates are declared: run it inside
@@ -73,9 +75,10 @@ def phylo_model(
     Returns:
         The model, a callable without arguments that returns the log-likelihood. Its
         attribute ``model.site_weights`` holds the pattern counts $n_p$, shape ``(P,)``
-        (divide the per-pattern terms by them for per-site log-likelihoods).
+        (divide the per-pattern terms by them for per-site log-likelihoods);
+        ``model.likelihood_caches`` maps each device it ran on to its `LikelihoodCache`.
 
-    Example:
+    Examples:
         >>> aln = Alignment.from_sequences(["a", "b", "c", "d"], ["ACGT", "ACGA", "TCGA", "TCGG"])
         >>> model = phylo_model(aln)
         >>> with pyro.plate("particles", 7, dim=-1):
@@ -92,8 +95,8 @@ def phylo_model(
     children = _fixed_topology(topology, alignment)
     model_sub = get_model(substitution)
     prior = dist.Exponential(10.0) if branch_prior is None else branch_prior
-    tips = alignment.partials().mT.contiguous()
     weights = alignment.weights
+    caches: dict = {}  # one LikelihoodCache per device this model runs on
 
     def model() -> Tensor:
         tau = pyro.sample("topology", UniformTopology(n)) if children is None else children
@@ -106,9 +109,14 @@ def phylo_model(
         rates = None if shape is None else discrete_gamma_rates(shape, gamma_categories)
         trans = transition_matrices(model_sub, params, lengths, rates)
         freqs = model_sub.frequencies(params).to(lengths)
+        device = lengths.device
+        if device not in caches:
+            tips = alignment.partials(device=device).mT.contiguous()
+            caches[device] = LikelihoodCache(tips)
+        cache = caches[device]
         loglik = pruning_log_likelihood(
-            tips.to(lengths.device), weights.to(lengths.device), tau.to(lengths.device),
-            trans, freqs, rescale_every=rescale_every, per_pattern=per_site,
+            cache.tips, weights.to(device), tau.to(device), trans, freqs,
+            rescale_every=rescale_every, per_pattern=per_site, cache=cache,
         )  # fmt: skip
         if not per_site:
             pyro.factor("alignment", loglik)
@@ -119,6 +127,7 @@ def phylo_model(
         return loglik.sum(-1)  # the latents' batch shape, as without per_site
 
     model.site_weights = weights
+    model.likelihood_caches = caches
     return model
 
 

@@ -1,22 +1,22 @@
 r"""Pruning over distinct clade patterns only (subtree site repeats), without rescaling.
 
 A node's partial likelihood at a site depends only on the tip states of its clade there, so
-sites whose clade columns agree share one partial; `models.phylo.clade_patterns` finds them
+sites whose clade columns agree share one partial; `models.phylo.clade_table` finds them
 (Kobert, Stamatakis & Flouri 2017, "Efficient detection of repeating sites to accelerate
 phylogenetic likelihood calculations"). On DS1 (27 taxa, 934 patterns) the internal nodes hold
 5118 columns in all instead of 24284; tips have at most 16 distinct columns (5 on DS1). The
 site patterns' weights are summed onto the root's distinct patterns.
 
-The forward pass is :math:`L_v = (P_a X_a)[\,\cdot, i_a] \odot (P_b X_b)[\,\cdot, i_b]`
-with ``gather``; the backward pass scatters each child's outside partial back onto its own
-columns with ``scatter_add_`` before the usual pre-order products, which sums the
+The forward pass is $L_v = (P_a X_a)[\,\cdot, i_a] \odot (P_b X_b)[\,\cdot, i_b]$
+with `gather`; the backward pass scatters each child's outside partial back onto its own
+columns with `scatter_add_` before the usual pre-order products, which sums the
 contributions of all sites sharing a child pattern, exactly as the chain rule asks.
 
 Two layouts: `forward_repeats` for one topology (a tensor per node; a leaf child's tip
 columns are gathered once per plan at its parent's patterns, so its message there is the
-product :math:`P_a\,T_a[\,\cdot, i_a]` and its gradient :math:`U_a\,T_a[\,\cdot, i_a]^\top`),
+product $P_a\,T_a[\,\cdot, i_a]$ and its gradient $U_a\,T_a[\,\cdot, i_a]^\top$),
 and `forward_batched_repeats` for a different topology per batch element (one buffer, steps
-ordered by clade size, see `models.phylo.clade_patterns.BatchPlan`).
+ordered by clade size, see `models.phylo.batch_layout.BatchPlan`).
 
 Both run without rescaling (the optimistic pass of `models.phylo.pruning`); underflow there
 falls back to the uncompressed rescaled pass.
@@ -24,50 +24,80 @@ falls back to the uncompressed rescaled pass.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from .clade_patterns import BatchPlan
-from .workspace import workspace
+from .batch_layout import BatchPlan
+from .partials import root_likelihood
+from .tree_plan import RepeatPlan
 
 
-def _take(x: Tensor, index: Tensor | None) -> Tensor:
-    # gather with a broadcast index is several times faster than index_select on the last dim
-    return x if index is None else x.gather(-1, index.expand(*x.shape[:-1], -1))
+@dataclass
+class RepeatsState:
+    """What `backward_repeats` needs: the plan, each row's two gathered child messages and
+    every node's partials."""
+
+    plan: RepeatPlan
+    pairs: list[list[Tensor]]
+    low: dict[int, Tensor]
+
+
+@dataclass
+class BatchRepeatsState:
+    """What `backward_batched_repeats` needs: the plan and each wave's gathered children and
+    partials."""
+
+    plan: BatchPlan
+    saved: list[tuple[Tensor, Tensor]]
 
 
 def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
     """Unscaled pruning over distinct clade patterns; returns what `Pruning` needs: the
-    log-likelihoods of the root's patterns ``(N, K_root)``, the state for
-    `backward_repeats`, the root's pattern likelihoods ``(N, K_root)``, the root partials,
-    the root's pattern weights and the smallest likelihood."""
-    n = len(plan.tips)
-    shape = trans_n.shape[1:3]
+    log-likelihoods of the root's patterns `(N, K_root)`, the state for
+    `backward_repeats`, the root's pattern likelihoods `(N, K_root)`, the root partials,
+    the root's pattern weights and the smallest likelihood.
+
+    Partials are `(N*C, 4, K)`, so that every message is one `bmm` (a 4-D broadcast matmul
+    costs three times as much at these sizes), and the plan's indices come expanded to that
+    shape once (an `expand` per gather costs as much as the gather)."""
+    n, (n_batch, n_cat) = len(plan.tips), trans_n.shape[1:3]
+    nc, top = n_batch * n_cat, 2 * n - 3
+    mats = trans_n.view(-1, nc, 4, 4).unbind(0)  # one op, not one select a node
+    leaf_mats = trans_n[:n].view(n, -1, 4).unbind(0)
     low, pairs = {}, []
-    for j, (c0, c1) in enumerate(rows):
+    for j, steps in enumerate(plan.steps(nc)):
         ms = []
-        for c, index, cols in zip((c0, c1), plan.index[j], plan.leaf_cols[j], strict=True):
-            if c < n:  # (N*C*4, 4) @ (4, K_parent)
-                ms.append((trans_n[c].reshape(-1, 4) @ cols).view(*shape, 4, -1))
+        for c, idx, cols in steps:
+            if cols is not None:  # a leaf's tip columns at the parent's patterns
+                ms.append(torch.mm(leaf_mats[c], cols).view(nc, 4, -1))
                 continue
             x = low[c] if keep else low.pop(c)
-            m = x if c == 2 * n - 3 else trans_n[c] @ x  # zero-length edge above 2n-3
-            ms.append(_take(m, index))
+            m = x if c == top else torch.bmm(mats[c], x)
+            ms.append(m if idx is None else m.gather(-1, idx))
         if keep:
             pairs.append(ms)
         # without keep, ms[0] is a fresh message or a partial nothing else needs
         low[n + j] = part = ms[0] * ms[1] if keep else ms[0].mul_(ms[1])
-    site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, K_root)
-    lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, K_root)
+    root = part.view(n_batch, n_cat, 4, -1)
+    lik = root_likelihood(root, freqs, cat_w)  # (N, K_root)
     root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    return lik.log(), (plan, pairs, low), lik, part, root_w, lik.min()
+    return lik.log(), RepeatsState(plan, pairs, low), lik, root, root_w, lik.min()
 
 
-def backward_repeats(rows, trans_n, plan, pairs, low, g):
-    r"""Pre-order pass over distinct patterns (`models.phylo.pruning._backward_shared` with
-    each child's outside partial summed onto its own columns first)."""
-    n = len(plan.tips)
+def backward_repeats(rows, trans_n, state: RepeatsState, g):
+    r"""Pre-order pass over distinct patterns (`models.phylo.scaled.backward_shared` with
+    each child's outside partial summed onto its own columns first), in the `(N*C, 4, K)`
+    layout of `forward_repeats`."""
+    plan, pairs, low = state.plan, state.pairs, state.low
+    n, (n_batch, n_cat) = len(plan.tips), trans_n.shape[1:3]
+    nc = n_batch * n_cat
+    mats = trans_n.view(-1, nc, 4, 4)
     grad_n = torch.empty_like(trans_n)
+    grads = grad_n.view(-1, nc, 4, 4)
+    index = plan.expanded(nc)
+    g = g.reshape(nc, 4, -1)
     outer = {}
     for j in range(n - 2, -1, -1):
         if j < n - 2:
@@ -75,25 +105,24 @@ def backward_repeats(rows, trans_n, plan, pairs, low, g):
         for side, k in enumerate(rows[j]):
             u = g * pairs[j][1 - side]
             if k < n:  # the leaf's columns at this node's patterns: no scatter needed
-                leaf = u.reshape(-1, u.shape[-1]) @ plan.leaf_cols[j][side].transpose(-1, -2)
-                grad_n[k] = leaf.view(grad_n.shape[1:])
+                leaf = u.view(-1, u.shape[-1]) @ plan.leaf_cols[j][side].mT
+                grads[k] = leaf.view(nc, 4, 4)
                 continue
-            index = plan.index[j][side]
-            if index is not None:
-                full = u.new_zeros(*u.shape[:-1], plan.sizes[k])
-                u = full.scatter_add_(-1, index.expand(u.shape), u)
-            outer[k] = trans_n[k].transpose(-1, -2) @ u
-            torch.matmul(u, low[k].transpose(-1, -2), out=grad_n[k])
+            idx = index[j][side]
+            if idx is not None:
+                u = u.new_zeros(nc, 4, plan.sizes[k]).scatter_add_(-1, idx, u)
+            outer[k] = torch.bmm(mats[k].mT, u)
+            torch.bmm(u, low[k].mT, out=grads[k])
     return grad_n[: 2 * n - 3].transpose(0, 1)
 
 
-def forward_batched_repeats(trans_n, plan: BatchPlan, freqs, cat_w, weights, keep):
+def forward_batched_repeats(trans_n, plan: BatchPlan, freqs, cat_w, weights, keep, cache):
     """Unscaled pruning of a different topology per batch element over distinct clade
-    patterns, wave by wave (`models.phylo.clade_patterns.BatchPlan`); returns what
+    patterns, wave by wave (`models.phylo.batch_layout.BatchPlan`); returns what
     `forward_repeats` returns (the state for `backward_batched_repeats` is the plan and each
     wave's gathered children and partials)."""
     n, n_batch, n_cat = plan.n, trans_n.shape[1], trans_n.shape[2]
-    buffer = workspace("clade messages", (n_batch, n_cat, 4, plan.width), trans_n)
+    buffer = cache.workspace("clade messages", (n_batch, n_cat, 4, plan.width), trans_n)
     leaves = torch.bmm(trans_n[:n].flatten(1, 3), plan.tip_columns)  # (n, N*C*4, KL)
     buffer[..., : n * plan.leaf_width].view(n_batch, n_cat, 4, n, -1).copy_(
         leaves.view(n, n_batch, n_cat, 4, -1).permute(1, 2, 3, 0, 4))  # fmt: skip
@@ -105,33 +134,32 @@ def forward_batched_repeats(trans_n, plan: BatchPlan, freqs, cat_w, weights, kee
         if keep:  # kept for the backward pass
             both = buffer.gather(-1, index.expand(shape))
         else:  # scratch memory: no page faults for a fresh tensor at every wave
-            both = torch.gather(buffer, -1, index.expand(shape),
-                                out=workspace("gathered children", shape, trans_n))  # fmt: skip
+            scratch = cache.workspace("gathered children", shape, trans_n)
+            both = torch.gather(buffer, -1, index.expand(shape), out=scratch)
         both = both.view(n_batch, n_cat, 4, 2, count, width)
         first_child, second_child = both.unbind(3)
         part = first_child * second_child if keep else first_child.mul_(second_child)
         if keep:
             saved.append((both, part))
         if first + count < plan.steps:  # all but the root's wave
-            up = workspace("messages up", (n_batch, n_cat, count, 4, width), trans_n)
+            up = cache.workspace("messages up", (n_batch, n_cat, count, 4, width), trans_n)
             torch.matmul(mats[:, :, first : first + count], part.transpose(2, 3), out=up)
             block = buffer[..., start : start + count * width]
             block.view(n_batch, n_cat, 4, count, width).copy_(up.transpose(2, 3))
     root = part[:, :, :, 0]  # (N, C, 4, K_root)
-    site = (freqs[:, None, None, :] @ root)[:, :, 0]  # (N, C, K_root)
-    lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, K_root)
+    lik = root_likelihood(root, freqs, cat_w)  # (N, K_root)
     root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    return lik.log(), (plan, saved), lik, root, root_w, lik.min()
+    return lik.log(), BatchRepeatsState(plan, saved), lik, root, root_w, lik.min()
 
 
 def _step_matrices(trans_n: Tensor, plan: BatchPlan) -> Tensor:
-    """``(N, C, steps-1, 4, 4)`` transition matrix above every step's node, every tree."""
+    """`(N, C, steps-1, 4, 4)` transition matrix above every step's node, every tree."""
     n_batch, n_cat = trans_n.shape[1:3]
     mats = trans_n.flatten(0, 1).index_select(0, plan.trans_index)
     return mats.view(-1, n_batch, n_cat, 4, 4).permute(1, 2, 0, 3, 4)
 
 
-def backward_batched_repeats(trans_n, plan: BatchPlan, saved, g):
+def backward_batched_repeats(trans_n, state: BatchRepeatsState, g):
     r"""Pre-order pass of `forward_batched_repeats`, wave by wave from the root: each wave's
     outside partials, times the sibling messages, are scattered onto the children's columns
     of a buffer shaped like the forward one, where each child later finds them summed over
@@ -140,6 +168,7 @@ def backward_batched_repeats(trans_n, plan: BatchPlan, saved, g):
     Padded columns get no gradient: the root has none, and a node's padded columns receive
     nothing from its parent's scatter, so their outside partials, and what they scatter onto
     their children, are zero."""
+    plan, saved = state.plan, state.saved
     n, n_batch, n_cat = plan.n, trans_n.shape[1], trans_n.shape[2]
     upper = trans_n.new_zeros(n_batch, n_cat, 4, plan.width)  # summed U of every node
     mats = _step_matrices(trans_n, plan)

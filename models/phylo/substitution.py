@@ -1,11 +1,11 @@
 r"""Nucleotide substitution models and discrete-Gamma rate heterogeneity.
 
-All models are time-reversible with rate matrix :math:`Q_{ij} = r_{ij}\pi_j` (:math:`i \ne j`)
-for exchangeabilities :math:`r` (order ``AC, AG, AT, CG, CT, GT``) and stationary frequencies
-:math:`\pi`, scaled to one expected substitution per unit time, :math:`-\sum_i \pi_i Q_{ii} = 1`.
-Transition matrices are :math:`P(t) = e^{Qt}`: closed form for JC69 and K80, otherwise the
-eigendecomposition of the symmetric matrix :math:`\Pi^{1/2} Q \Pi^{-1/2} = U \Lambda U^\top`,
-:math:`P(t) = \Pi^{-1/2} U e^{\Lambda t} U^\top \Pi^{1/2}`, computed once per rate matrix and
+All models are time-reversible with rate matrix $Q_{ij} = r_{ij}\pi_j$ ($i \ne j$)
+for exchangeabilities $r$ (order ``AC, AG, AT, CG, CT, GT``) and stationary frequencies
+$\pi$, scaled to one expected substitution per unit time, $-\sum_i \pi_i Q_{ii} = 1$.
+Transition matrices are $P(t) = e^{Qt}$: closed form for JC69 and K80, otherwise the
+eigendecomposition of the symmetric matrix $\Pi^{1/2} Q \Pi^{-1/2} = U \Lambda U^\top$,
+$P(t) = \Pi^{-1/2} U e^{\Lambda t} U^\top \Pi^{1/2}$, computed once per rate matrix and
 batched over branches, rate categories and particles. When a rate matrix carries gradients it
 goes through `torch.linalg.matrix_exp` instead, because ``eigh``'s backward is undefined at the
 repeated eigenvalues of, e.g., HKY with equal frequencies.
@@ -25,16 +25,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-__all__ = [
-    "SubstitutionModel",
-    "JC69",
-    "K80",
-    "HKY",
-    "GTR",
-    "discrete_gamma_rates",
-    "get_model",
-    "transition_matrices",
-]
+__all__ = ["GTR", "HKY", "JC69", "K80", "SubstitutionModel", "discrete_gamma_rates", "get_model",
+           "transition_matrices"]  # fmt: skip
 
 Param = Tensor | Distribution | float
 
@@ -66,7 +58,7 @@ class SubstitutionModel:
         return gtr_rate_matrix(self.exchangeabilities(p), self.frequencies(p))
 
     def transition_matrices(self, p: dict[str, Tensor], t: Tensor) -> Tensor:
-        r""":math:`P(t)` of shape ``(..., M, 4, 4)`` for times ``t`` of shape ``(..., M)``."""
+        r"""$P(t)$ of shape ``(..., M, 4, 4)`` for times ``t`` of shape ``(..., M)``."""
         q = self.rate_matrix(p).to(t)  # fixed parameters live on the CPU until used
         if q.requires_grad:
             return torch.linalg.matrix_exp(q[..., None, :, :] * t[..., None, None])
@@ -129,7 +121,7 @@ def _eigen(q: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class JC69(SubstitutionModel):
-    r"""Jukes–Cantor: :math:`P_{ij}(t) = \tfrac14 + (\delta_{ij} - \tfrac14) e^{-4t/3}`."""
+    r"""Jukes–Cantor: $P_{ij}(t) = \tfrac14 + (\delta_{ij} - \tfrac14) e^{-4t/3}$."""
 
     name = "JC69"
 
@@ -149,11 +141,11 @@ class JC69(SubstitutionModel):
 
 
 class K80(SubstitutionModel):
-    r"""Kimura two-parameter model, transition/transversion ratio :math:`\kappa`.
+    r"""Kimura two-parameter model, transition/transversion ratio $\kappa$.
 
-    Closed form with :math:`a = e^{-4t/(\kappa+2)}`, :math:`b = e^{-2t(\kappa+1)/(\kappa+2)}`:
-    :math:`P_{ii} = \tfrac14 + \tfrac14 a + \tfrac12 b`, transitions
-    :math:`\tfrac14 + \tfrac14 a - \tfrac12 b`, transversions :math:`\tfrac14 - \tfrac14 a`.
+    Closed form with $a = e^{-4t/(\kappa+2)}$, $b = e^{-2t(\kappa+1)/(\kappa+2)}$:
+    $P_{ii} = \tfrac14 + \tfrac14 a + \tfrac12 b$, transitions
+    $\tfrac14 + \tfrac14 a - \tfrac12 b$, transversions $\tfrac14 - \tfrac14 a$.
     """
 
     name = "K80"
@@ -183,7 +175,7 @@ class K80(SubstitutionModel):
 
 
 class HKY(SubstitutionModel):
-    r"""Hasegawa–Kishino–Yano: K80 exchangeabilities with frequencies :math:`\pi`."""
+    r"""Hasegawa–Kishino–Yano: K80 exchangeabilities with frequencies $\pi$."""
 
     name = "HKY"
 
@@ -274,16 +266,18 @@ def _gamma_rates_np(shape: Tensor, categories: int) -> Tensor:
 
 def discrete_gamma_rates(shape: Tensor | float, categories: int = 4) -> Tensor:
     r"""Yang's (1994) discrete Gamma rates: the mean of each of ``categories`` equal-probability
-    slices of :math:`\mathrm{Gamma}(\alpha, \alpha)`,
+    slices of $\mathrm{Gamma}(\alpha, \alpha)$,
 
-    .. math:: r_k = K\,[F_{\alpha+1}(\alpha q_k) - F_{\alpha+1}(\alpha q_{k-1})],
+    $$
+    r_k = K\,[F_{\alpha+1}(\alpha q_k) - F_{\alpha+1}(\alpha q_{k-1})],
+    $$
 
-    with :math:`q_k` the :math:`k/K` quantile and :math:`F_a` the regularised lower incomplete
+    with $q_k$ the $k/K$ quantile and $F_a$ the regularised lower incomplete
     gamma function (the "mean" rates IQ-TREE and MrBayes use by default). Shape ``(..., K)``
     for ``shape`` of shape ``(...)``; differentiable in ``shape`` (an exact derivative written
     by hand, since SciPy has no derivative of the incomplete gamma function in its shape).
 
-    Example:
+    Examples:
         >>> discrete_gamma_rates(torch.tensor(0.5), 4)
         tensor([0.0334, 0.2519, 0.8203, 2.8944], dtype=torch.float64)
     """

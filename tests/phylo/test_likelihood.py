@@ -6,7 +6,6 @@ import pytest
 import scipy.linalg
 import torch
 
-import models.phylo.clade_patterns as clade_patterns
 import models.phylo.pruning as pruning
 from models.phylo import (
     GTR,
@@ -14,6 +13,7 @@ from models.phylo import (
     JC69,
     K80,
     Alignment,
+    LikelihoodCache,
     discrete_gamma_rates,
     log_likelihood,
     pruning_log_likelihood,
@@ -241,12 +241,15 @@ def _count_passes(monkeypatch):
             return _original(*args)
 
         monkeypatch.setattr(pruning, name, spy_repeats)
-    # no clades known yet (other tests must not decide which pass runs first here), and
-    # every batch examined (test_repeats checks the probing schedule)
-    monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
-    monkeypatch.setattr(clade_patterns, "_PROBE_FIRST", 0)
-    monkeypatch.setattr(clade_patterns, "_PROBE_LAST", 0)
     return periods
+
+
+def _eager_cache(tips):
+    """A fresh cache (no clades known yet) that examines every batch (test_repeats checks
+    the probing schedule)."""
+    cache = LikelihoodCache(tips)
+    cache.probe_first = cache.probe_last = 0
+    return cache
 
 
 def _value_and_grad(tips, weights, children, lengths, **kw):
@@ -263,11 +266,11 @@ def test_optimistic_unscaled_pass_is_kept_on_ds1(ds1, monkeypatch):
     tips, weights = aln.partials().mT.contiguous(), aln.weights
     children = torch.stack([t.children for t in trees[:3]])
     lengths = torch.stack([t.lengths for t in trees[:3]])
-    periods = _count_passes(monkeypatch)
+    periods, cache = _count_passes(monkeypatch), _eager_cache(tips)
     # a batch of new topologies: unscaled over every pattern; seen again: over clade repeats
     for topo, first in ((children, 0), (children, "repeats"), (children[0], "repeats")):
         periods.clear()
-        fast = _value_and_grad(tips, weights, topo, lengths)
+        fast = _value_and_grad(tips, weights, topo, lengths, cache=cache)
         assert periods == [first]  # unscaled, accepted
         safe = _value_and_grad(tips, weights, topo, lengths, rescale_every=1, optimistic=False)
         assert periods == [first, 1]

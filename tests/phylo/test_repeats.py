@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-import models.phylo.clade_patterns as clade_patterns
 import models.phylo.pruning as pruning
-from models.phylo import JC69, pruning_log_likelihood, random_topologies
-from models.phylo.clade_patterns import CladePatterns, RepeatPlan, plan_for
+from models.phylo import JC69, LikelihoodCache, pruning_log_likelihood, random_topologies
+from models.phylo.batch_layout import BatchPlan, batch_plan_for, tree_layout
+from models.phylo.tree_plan import RepeatPlan, plan_for
 from tests.phylo.test_likelihood import _random_alignment, _value_and_grad
 
 
@@ -21,7 +21,7 @@ def test_distinct_clade_patterns_match_numpy_on_ds1(ds1):
     aln, trees = ds1
     tips = aln.partials().mT.contiguous()
     rows = trees[0].children.tolist()
-    plan = RepeatPlan(tips, rows)
+    plan = RepeatPlan(LikelihoodCache(tips), rows)
     # independent count: distinct columns of each clade's full (taxa x 4 x P) tip block
     n, block = tips.shape[0], tips.numpy()
     clade = _clade_taxa(rows, n)
@@ -43,8 +43,8 @@ def test_plan_cache_follows_tip_values(ds1):
         return pruning_log_likelihood(t, aln.weights, children, trans, pi).item()
 
     reference = loglik(tips)
-    rows = children.tolist()
-    assert plan_for(tips.clone(), rows) is plan_for(tips, rows)  # equal values: cache hit
+    cache = LikelihoodCache(tips)
+    assert plan_for(cache, children) is plan_for(cache, children)  # the same cache: a hit
     changed = tips.clone()
     changed[0] = 1.0  # taxon 0 becomes missing data everywhere
     unscaled = pruning_log_likelihood(changed, aln.weights, children, trans, pi, optimistic=False)
@@ -58,7 +58,7 @@ def test_leaf_columns_are_tips_at_parent_patterns(ds1):
     aln, trees = ds1
     tips = aln.partials().mT.contiguous()
     rows = trees[0].children.tolist()
-    plan = RepeatPlan(tips, rows)
+    plan = RepeatPlan(LikelihoodCache(tips), rows)
     n, block = tips.shape[0], tips.numpy()
     clade = _clade_taxa(rows, n)
     for j, (a, b) in enumerate(rows):
@@ -98,14 +98,26 @@ def test_batched_topologies_workspace_reused_across_calls(ds1):
 # ------------------------------------------------- batches of topologies over clade repeats
 
 
+class _Calls(list):
+    """The BatchPlans run, and `cache(tips)`: one fresh cache per alignment that tries
+    repeats on every batch however few they are."""
+
+    def __init__(self):
+        super().__init__()
+        self._caches = {}
+
+    def cache(self, tips):
+        key = (tips.shape, tips.sum().item())
+        if key not in self._caches:
+            cache = self._caches[key] = LikelihoodCache(tips)
+            cache.worthwhile, cache.probe_first, cache.probe_last = 10.0, 0, 0
+        return self._caches[key]
+
+
 @pytest.fixture
 def fresh_patterns(monkeypatch):
     """Empty clade caches, and repeats tried on every batch however few they are."""
-    monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
-    monkeypatch.setattr(clade_patterns, "_WORTHWHILE", 10.0)
-    monkeypatch.setattr(clade_patterns, "_PROBE_FIRST", 0)
-    monkeypatch.setattr(clade_patterns, "_PROBE_LAST", 0)
-    calls = []
+    calls = _Calls()
     original = pruning.forward_batched_repeats
 
     def spy(*args):
@@ -127,7 +139,7 @@ def _clade_columns(block, taxa):
 def test_clade_ids_are_canonical_whatever_the_subtree(ds1):
     aln, trees = ds1
     tips = aln.partials().mT.contiguous()
-    patterns = CladePatterns(tips)
+    patterns = LikelihoodCache(tips).patterns
     block, n = tips.numpy(), tips.shape[0]
     seen = 0
     for tree in trees[:6]:  # clades resolved differently below them across trees
@@ -147,15 +159,15 @@ def test_clade_ids_are_canonical_whatever_the_subtree(ds1):
 
 def test_a_clade_is_computed_on_its_second_sighting(ds1):
     aln, trees = ds1
-    patterns = CladePatterns(aln.partials().mT.contiguous())
-    rows = trees[0].children.numpy()
-    first = patterns.tree(rows)
+    cache = LikelihoodCache(aln.partials().mT.contiguous())
+    patterns, rows = cache.patterns, trees[0].children.numpy()
+    first = tree_layout(cache, rows)
     assert not first.complete and not patterns._clades  # all new: one column a site
     assert (first.sizes[:-1] == aln.weights.numel()).all()  # ... but the root's
-    second = patterns.tree(rows)
+    second = tree_layout(cache, rows)
     assert second.complete and len(patterns._clades) == first.nodes.size - 1  # root apart
     assert second.sizes.sum() == 5118  # as the one-topology plan
-    assert patterns.tree(rows) is second  # complete layouts are kept
+    assert tree_layout(cache, rows) is second  # complete layouts are kept
 
 
 def test_batched_repeats_equal_the_rescaled_pass_on_ds1(ds1, fresh_patterns):
@@ -164,8 +176,9 @@ def test_batched_repeats_equal_the_rescaled_pass_on_ds1(ds1, fresh_patterns):
     children = torch.stack([t.children for t in trees[:10]])
     lengths = torch.stack([t.lengths for t in trees[:10]])
     mixed = torch.cat([children[:5], random_topologies(27, 5, torch.Generator().manual_seed(0))])
+    cache = fresh_patterns.cache(tips)
     for topo in (children, children, mixed):  # new clades, then known ones, then a mixture
-        fast = _value_and_grad(tips, weights, topo, lengths)
+        fast = _value_and_grad(tips, weights, topo, lengths, cache=cache)
         safe = _value_and_grad(tips, weights, topo, lengths, rescale_every=1, optimistic=False)
         assert torch.allclose(fast[0], safe[0], rtol=1e-13)
         assert torch.allclose(fast[1], safe[1], rtol=1e-11, atol=1e-10)
@@ -188,7 +201,8 @@ def test_batched_repeats_gradcheck(fresh_patterns):
     cat = torch.rand(3, 2, generator=g, dtype=torch.float64, requires_grad=True)
 
     def f(trans, pi, cat):
-        return pruning_log_likelihood(tips, weights, children, trans, pi, cat)
+        return pruning_log_likelihood(tips, weights, children, trans, pi, cat,
+                                      cache=fresh_patterns.cache(tips))  # fmt: skip
 
     f(trans, pi, cat)  # clades seen once: the second call compresses them
     assert torch.autograd.gradcheck(f, (trans, pi, cat))
@@ -208,21 +222,22 @@ def test_batched_repeats_sum_duplicate_site_columns(ds1, fresh_patterns):
     pi = torch.full((4,), 0.25, dtype=torch.float64)
     expected = pruning_log_likelihood(tips, weights, children, trans, pi, optimistic=False)
     for _ in range(2):
-        got = pruning_log_likelihood(doubled, split, children, trans, pi)
+        got = pruning_log_likelihood(doubled, split, children, trans, pi,
+                                     cache=fresh_patterns.cache(doubled))  # fmt: skip
         assert torch.allclose(got, expected, rtol=1e-13)
     assert fresh_patterns[-1].root_ids.max() == 933  # duplicates share the root's columns
 
 
-def test_batches_without_repeats_are_probed_ever_more_rarely(ds1, monkeypatch):
-    monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
+def test_batches_without_repeats_are_probed_ever_more_rarely(ds1):
     aln, trees = ds1
     tips = aln.partials().mT.contiguous()
+    cache = LikelihoodCache(tips)
     credible = torch.stack([t.children for t in trees[:10]])
     g = torch.Generator().manual_seed(1)
     examined, worthwhile = [], []
     for call in range(1, 61):
         topo = random_topologies(27, 10, g) if call <= 16 else credible
-        plan = clade_patterns.BatchPlan(tips, topo, reuse=True)
+        plan = BatchPlan(cache, topo, reuse=True)
         examined += [call] if plan.examined else []
         worthwhile += [call] if plan.worthwhile else []
     # new random topologies never pay: the first batch, then probes 8, 16, 32 apart; the
@@ -232,17 +247,16 @@ def test_batches_without_repeats_are_probed_ever_more_rarely(ds1, monkeypatch):
     assert worthwhile == [57, 58, 59, 60]
 
 
-def test_a_batch_met_twice_keeps_its_plan(ds1, monkeypatch):
-    monkeypatch.setattr(clade_patterns, "_ALIGNMENTS", [])
-    monkeypatch.setattr(clade_patterns, "_PROBE_FIRST", 0)
-    monkeypatch.setattr(clade_patterns, "_PROBE_LAST", 0)
+def test_a_batch_met_twice_keeps_its_plan(ds1):
     aln, trees = ds1
     tips = aln.partials().mT.contiguous()
+    cache = LikelihoodCache(tips)
+    cache.probe_first = cache.probe_last = 0
     batch = torch.stack([t.children for t in trees[:5]])
-    plans = [clade_patterns.batch_plan_for(tips, batch, keep=False) for _ in range(4)]
+    plans = [batch_plan_for(cache, batch, keep=False) for _ in range(4)]
     assert not plans[0].worthwhile  # clades new: every site
     assert plans[1].worthwhile and plans[2] is plans[1] and plans[3] is plans[1]
-    other = clade_patterns.batch_plan_for(tips, batch[:4], keep=False)
+    other = batch_plan_for(cache, batch[:4], keep=False)
     assert other is not plans[1] and other.worthwhile  # its clades are known by now
 
 
@@ -251,7 +265,8 @@ def test_batches_share_the_alignment_layout_as_it_widens(ds1, fresh_patterns):
     tips, weights = aln.partials().mT.contiguous(), aln.weights
     every = torch.stack([t.children for t in trees[:20]])
     lengths = torch.stack([t.lengths for t in trees[:20]])
-    patterns = clade_patterns.patterns_for(tips)
+    cache = fresh_patterns.cache(tips)
+    patterns = cache.patterns
     for topo in (every, every):  # every clade seen twice: compressed
         pruning_log_likelihood(
             tips,
@@ -259,16 +274,17 @@ def test_batches_share_the_alignment_layout_as_it_widens(ds1, fresh_patterns):
             topo,
             JC69().transition_matrices({}, lengths)[..., None, :, :],
             torch.full((4,), 0.25, dtype=torch.float64),
+            cache=cache,
         )
     versions = []
     for first in (0, 5, 10, 3):  # overlapping batches of ten
         topo, x = every[first : first + 10], lengths[first : first + 10]
-        fast = _value_and_grad(tips, weights, topo, x)
+        fast = _value_and_grad(tips, weights, topo, x, cache=cache)
         safe = _value_and_grad(tips, weights, topo, x, rescale_every=1, optimistic=False)
         assert torch.allclose(fast[0], safe[0], rtol=1e-13)
         assert torch.allclose(fast[1], safe[1], rtol=1e-11, atol=1e-10)
-        versions.append(patterns._layout.version)
+        versions.append(patterns.layout.version)
     assert versions == sorted(versions) and versions[-1] == versions[-2]  # only ever widens
-    layout, tree = patterns._layout, patterns.tree(every[3].numpy())
+    layout, tree = patterns.layout, tree_layout(cache, every[3].numpy())
     leaf_end = 27 * patterns.leaf_width
-    assert tree.row(layout, leaf_end, patterns.leaf_width) is tree._row  # kept per version
+    assert tree.row(layout, leaf_end, patterns.leaf_width, cache) is tree._row  # kept

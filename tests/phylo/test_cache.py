@@ -1,0 +1,85 @@
+"""The per-alignment `LikelihoodCache`: bounded, clearable, and it remembers underflow."""
+
+import torch
+
+import models.phylo.pruning as pruning
+from models.phylo import JC69, LikelihoodCache, pruning_log_likelihood, random_topologies
+from models.phylo.cache import LRU
+from tests.phylo.test_likelihood import _random_alignment
+
+
+def _loglik(tips, weights, children, lengths, cache):
+    trans = JC69().transition_matrices({}, lengths)[..., None, :, :]
+    pi = torch.full((4,), 0.25, dtype=torch.float64)
+    return pruning_log_likelihood(tips, weights, children, trans, pi, cache=cache)
+
+
+def test_lru_is_bounded_in_bytes():
+    table = LRU(max_bytes=1000)
+    for i in range(50):
+        table.put(i, torch.zeros(10, dtype=torch.float64))  # 80 bytes each
+        assert table.nbytes <= 1000
+    assert len(table) == 12 and 49 in table and 37 not in table
+    assert table.get(38) is not None  # now the most recent: survives the next eviction
+    table.put(50, torch.zeros(10, dtype=torch.float64))
+    assert 38 in table and 39 not in table
+
+
+def test_cache_is_bounded_and_cleared():
+    aln = _random_alignment(12, 300, seed=1)
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    cache = LikelihoodCache(tips, max_bytes=1 << 16)
+    cache.probe_first = cache.probe_last = 0  # look at every batch: the tables fill up
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.full((4, 21), 0.1, dtype=torch.float64)
+    reference = None
+    for _ in range(30):
+        topo = random_topologies(12, 4, g)
+        out = _loglik(tips, weights, topo, lengths, cache)
+        fresh = _loglik(tips, weights, topo, lengths, LikelihoodCache(tips))
+        assert torch.allclose(out, fresh, rtol=1e-13)  # eviction never changes a value
+        tables = sum(t.nbytes for t in cache.tables.values())
+        assert tables <= cache.max_bytes
+        reference = out
+    assert cache.nbytes > 0 and len(cache.tables["seen"]) > 0
+    cache.clear()
+    assert cache.nbytes == 0 and all(len(t) == 0 for t in cache.tables.values())
+    assert torch.allclose(_loglik(tips, weights, topo, lengths, cache), reference, rtol=1e-13)
+
+
+def test_cache_refuses_another_alignment():
+    tips = _random_alignment(5, 20, seed=2).partials().mT.contiguous()
+    other = _random_alignment(6, 20, seed=2).partials().mT.contiguous()
+    cache = LikelihoodCache(tips)
+    children = random_topologies(6, 1)[0]
+    try:
+        _loglik(other, torch.ones(other.shape[-1]), children, torch.full((9,), 0.1), cache)
+    except ValueError as err:
+        assert "one cache per alignment" in str(err)
+    else:
+        raise AssertionError("a cache of another alignment was accepted")
+
+
+def test_underflow_is_remembered_on_1200_taxa(monkeypatch):
+    n = 1200  # likelihoods ~e^-1000 per pattern: the unscaled pass underflows to zero
+    aln = _random_alignment(n, 8, seed=3)
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    children = random_topologies(n, 1, torch.Generator().manual_seed(4))[0]
+    lengths = torch.full((2 * n - 3,), 0.3, dtype=torch.float64)
+    unscaled = []
+    original = pruning.forward_repeats
+
+    def spy(*args):
+        unscaled.append(True)
+        return original(*args)
+
+    monkeypatch.setattr(pruning, "forward_repeats", spy)
+    cache = LikelihoodCache(tips)
+    first = _loglik(tips, weights, children, lengths, cache)
+    assert unscaled == [True] and cache.unscaled_underflows  # tried, underflowed, remembered
+    second = _loglik(tips, weights, children, lengths, cache)
+    assert unscaled == [True]  # the second call does not try the unscaled pass
+    assert torch.isfinite(first) and torch.equal(first, second)
+    cache.clear()
+    _loglik(tips, weights, children, lengths, cache)
+    assert unscaled == [True, True]  # forgotten with the rest
