@@ -39,8 +39,13 @@ from varinf.site_checks import (
     check_values_in_support,
     is_latent,
 )
-
-PARTICLE_PLATE = "varinf_particles"
+from varinf.weights_layout import (
+    PARTICLE_PLATE,
+    Layout,
+    datum_frame,
+    subsampled_plates,
+    trace_device,
+)
 
 
 @dataclass(frozen=True)
@@ -192,9 +197,9 @@ def trace_log_weights(
         minibatch = run.minibatch  # the later particles reuse the first one's minibatch
         runs += [run.traces(None, sampler, minibatch) for _ in range(num_particles - 1)]
     model_trace, guide_trace, _ = runs[0]
-    frame = _datum_frame(model_trace, guide_trace) if per_datum else None
+    frame = datum_frame(model_trace, guide_trace) if per_datum else None
     size = num_particles if vectorize_particles else 1
-    layout = _Layout(size, max_plate_nesting + 1, frame, _device(model_trace))
+    layout = Layout(size, max_plate_nesting + 1, frame, trace_device(model_trace))
     terms = [layout.terms(*traces) for traces in runs]
     terms = {
         key: torch.cat([t[key] for t in terms]) if terms[0][key] is not None else None
@@ -214,7 +219,7 @@ def trace_log_weights(
         datum_plate=frame.name if frame is not None else None,
         datum_scale=layout.datum_scale,
         log_q_stopped=terms["log_q_stopped"],
-        subsampled_plates=_subsampled_plates(model_trace, frame),
+        subsampled_plates=subsampled_plates(model_trace, frame),
     )
 
 
@@ -309,21 +314,6 @@ def _subsample_subtrace(trace: poutine.Trace) -> poutine.Trace:
     return subtrace
 
 
-def _subsampled_plates(trace: poutine.Trace, datum_frame) -> tuple[str, ...]:
-    """Plates subsampled (``size < full_size``) other than the datum plate: their $N/B$ scale
-    sits inside every particle's log weight."""
-    names = {
-        frame.name
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.full_size is not None and frame.size < frame.full_size
-    }
-    if datum_frame is not None:
-        names.discard(datum_frame.name)
-    return tuple(sorted(names))
-
-
 SAMPLERS = ("iid", "rqmc")
 
 
@@ -359,101 +349,6 @@ def _latent_subtrace(trace: poutine.Trace) -> poutine.Trace:
         if site["type"] == "sample" and site["is_observed"]:
             prior.remove_node(name)
     return prior
-
-
-def _datum_frame(model_trace: poutine.Trace, guide_trace: poutine.Trace):
-    """The plate that holds every sample site of model and guide, if there is one.
-
-    Only such a plate makes the log weights factorise over its elements: a site outside it
-    (a global latent, or an observation depending on all data) couples the data.
-    """
-    sites = [
-        site
-        for trace in (model_trace, guide_trace)
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-    ]
-    common = None
-    for site in sites:
-        frames = {f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE}
-        common = frames if common is None else common & frames
-    if not common:
-        return None
-    return max(common, key=lambda f: f.dim)  # outermost plate when several qualify
-
-
-class _Layout:
-    """Where the particle and datum dimensions sit in a site's (right-aligned) log density."""
-
-    def __init__(self, num_particles: int, rank: int, frame, device: torch.device) -> None:
-        self.rank = rank
-        self.datum_dim = None if frame is None else rank + frame.dim
-        self.datum_scale = 1.0 if frame is None else (frame.full_size or frame.size) / frame.size
-        self.shape = (num_particles,) + (() if frame is None else (frame.size,))
-        self.device = device
-
-    def terms(self, model_trace, guide_trace, stopped_trace) -> dict[str, torch.Tensor | None]:
-        """Every per-particle term of one run, shape ``self.shape``."""
-        log_likelihood, log_prior = self.sum_model_sites(model_trace)
-        log_q, log_q_score = self.sum_sites(guide_trace)
-        log_q_stopped = None
-        if stopped_trace is not None:  # log q at detached samples: the direct dependence on phi
-            direct = self.sum_sites(stopped_trace)[0]
-            log_q_stopped = log_q - direct + direct.detach()
-        return {
-            "log_likelihood": log_likelihood,
-            "log_prior": log_prior,
-            "log_q": log_q,
-            "log_q_score": log_q_score,
-            "log_q_stopped": log_q_stopped,
-        }
-
-    def sum_sites(self, trace: poutine.Trace) -> tuple[torch.Tensor, torch.Tensor]:
-        """Total log density of the trace and its non-reparameterised part, shape ``self.shape``,
-        accumulated in float64 (a float32 sum over many data drowns the differences between
-        particles in rounding error)."""
-        total = score = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
-        for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            log_prob = self._reduce(site)
-            total = total + log_prob
-            if not site["is_observed"] and not site["fn"].has_rsample:
-                score = score + log_prob
-        return total, score
-
-    def sum_model_sites(self, trace: poutine.Trace) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's log-likelihood (observed sites, ``pyro.factor`` included) and log prior
-        (latent sites), each of shape ``self.shape``, accumulated in float64."""
-        likelihood = prior = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
-        for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            if site["is_observed"]:
-                likelihood = likelihood + self._reduce(site)
-            else:
-                prior = prior + self._reduce(site)
-        return likelihood, prior
-
-    def _reduce(self, site: dict) -> torch.Tensor:
-        # Per-datum terms are left unscaled by subsampling: bounds apply it after averaging.
-        scale = site["scale"] / self.datum_scale
-        log_prob = site["unscaled_log_prob"].double() * scale
-        mask = site["mask"]
-        if isinstance(mask, bool):  # poutine.mask(mask=True/False)
-            log_prob = log_prob if mask else torch.zeros_like(log_prob)
-        elif mask is not None:
-            log_prob = torch.where(mask, log_prob, log_prob.new_zeros(()))
-        log_prob = log_prob.reshape((1,) * (self.rank - log_prob.dim()) + log_prob.shape)
-        summed = [d for d in range(self.rank) if d not in (0, self.datum_dim)]
-        return log_prob.sum(summed) if summed else log_prob  # sum([]) would sum everything
-
-
-def _device(trace: poutine.Trace) -> torch.device:
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and torch.is_tensor(site["value"]):
-            return site["value"].device
-    return torch.device("cpu")
 
 
 @contextlib.contextmanager
