@@ -262,6 +262,8 @@ def _parse_fasta(text: str, source: str) -> tuple[list[str], list[str]]:
 def _parse_biopython(text: str, source: str, fmt: str) -> tuple[list[str], list[str]]:
     from Bio import AlignIO
 
+    if fmt == "phylip":
+        _phylip_header(text, source)  # before Biopython, which loops forever on '0 4'
     try:
         records = list(AlignIO.read(io.StringIO(text),
                                     "phylip-relaxed" if fmt == "phylip" else "nexus"))  # fmt: skip
@@ -275,13 +277,26 @@ def _parse_biopython(text: str, source: str, fmt: str) -> tuple[list[str], list[
     return taxa, seqs
 
 
-def _check_phylip_header(text: str, source: str, taxa: list[str], seqs: list[str]) -> None:
-    """The header's counts must be the file's (Biopython reads past a disagreement)."""
-    lineno, header = next((i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip())
+def _phylip_header(text: str, source: str) -> tuple[int, int, int]:
+    """Line number, taxa and sites of the header, both positive."""
+    lineno, header = next(
+        ((i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()), (1, "")
+    )
     fields = header.split()
     if len(fields) < 2 or not all(f.isdigit() for f in fields[:2]):
         raise PhyloFormatError(f"{source}, line {lineno}: a PHYLIP file starts with 'taxa sites'")
     n_taxa, n_sites = int(fields[0]), int(fields[1])
+    if n_taxa < 1 or n_sites < 1:
+        raise PhyloFormatError(
+            f"{source}, line {lineno}: the PHYLIP header says {n_taxa} taxa and {n_sites} sites; "
+            "both must be positive"
+        )
+    return lineno, n_taxa, n_sites
+
+
+def _check_phylip_header(text: str, source: str, taxa: list[str], seqs: list[str]) -> None:
+    """The header's counts must be the file's (Biopython reads past a disagreement)."""
+    lineno, n_taxa, n_sites = _phylip_header(text, source)
     if n_taxa != len(taxa):
         raise PhyloFormatError(
             f"{source}, line {lineno}: the PHYLIP header says {n_taxa} taxa, the file has "

@@ -84,3 +84,12 @@ def test_cli_accepts_sensible_parameters(tmp_path, capsys):
     extra = ["--model", "hky", "--kappa", "3", "--gamma-shape", "0.5"]
     assert run(_files(tmp_path) + extra) == 0
     assert float(capsys.readouterr().out) < 0
+
+
+@pytest.mark.parametrize("header", ["0 4", "3 0"])
+def test_a_phylip_header_with_no_taxa_or_sites_is_an_error(tmp_path, header):
+    """Biopython loops forever on a '0 4' header (hypothesis found it): we refuse it first."""
+    path = tmp_path / "empty.phy"
+    path.write_text(f"{header}\na AGT\nb ACGA\nc AC-T\n")
+    with pytest.raises(PhyloFormatError, match="both must be positive"):
+        read_alignment(path)
