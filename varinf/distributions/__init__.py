@@ -1,4 +1,5 @@
-"""Pyro distributions and transforms: Concrete relaxations, Gumbel-Sinkhorn, Birkhoff polytope."""
+"""Pyro distributions and transforms: Concrete relaxations, Gumbel-Sinkhorn, Birkhoff polytope,
+subsplit Bayesian networks."""
 
 from varinf.distributions.birkhoff import (
     RoundingBirkhoff,
@@ -15,6 +16,7 @@ from varinf.distributions.concrete import (
     TemperatureSchedule,
     relaxed_kl,
 )
+from varinf.distributions.sbn import SBNSupport, SubsplitBayesianNetwork
 from varinf.distributions.sinkhorn import (
     GumbelSinkhorn,
     doubly_stochastic,
@@ -40,4 +42,6 @@ __all__ = [
     "RoundingTransform",
     "StickBreakingBirkhoff",
     "StickBreakingBirkhoffTransform",
+    "SBNSupport",
+    "SubsplitBayesianNetwork",
 ]
