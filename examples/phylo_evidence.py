@@ -18,10 +18,8 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from models.phylo import phylo_model, read_alignment, read_trees
+from models.phylo import datasets, phylo_model, read_alignment, read_trees
 from varinf import ELBO, IWAE, SUMO
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "phylo" / "bito_ds1"
 
 
 def lognormal_guide(num_branches: int, init: torch.Tensor):
@@ -37,8 +35,8 @@ def lognormal_guide(num_branches: int, init: torch.Tensor):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--alignment", type=Path, default=DATA / "ds1.fasta")
-    parser.add_argument("--trees", type=Path, default=DATA / "ds1.credible.with-branches.nwk")
+    parser.add_argument("--alignment", type=Path, default=datasets.path("DS1-numbered"))
+    parser.add_argument("--trees", type=Path, default=datasets.path("DS1-credible-branches"))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--particles", type=int, default=1000)
     args = parser.parse_args()

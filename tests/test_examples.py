@@ -4,13 +4,9 @@ import runpy
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
-DS1 = ROOT / ".." / "shared" / "data" / "phylo" / "bito_ds1" / "ds1.fasta"
 
 
-@pytest.mark.skipif(not DS1.exists(), reason="shared phylogenetic data not available")
 def test_phylo_evidence_example(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["phylo_evidence.py", "--steps", "30", "--particles", "40"])
     runpy.run_path(str(ROOT / "examples" / "phylo_evidence.py"), run_name="__main__")

@@ -3,7 +3,11 @@ r"""From (model, guide, args) to per-particle log weights: the one module that t
 For $K$ particles $z_k \sim q(z \mid x)$ drawn in one vectorised guide run, the model
 is replayed against the guide and every site's log density is summed into
 
-$$\log w_k = \log p(x, z_k) - \log q(z_k \mid x), \qquad k = 1, \dots, K.$$
+$$\log w_k = \log p(x, z_k) - \log q(z_k \mid x), \qquad k = 1, \dots, K,$$
+
+with the model's part kept in two terms, $\log p(x, z_k) = \log p(x \mid z_k) + \log p(z_k)$:
+the log-likelihood (observed sites, ``pyro.factor`` included) and the log prior (latent sites),
+as tempering and the evidence estimators built on it need.
 
 When every sample site of the model and guide lies inside one plate (the *datum plate*, e.g.
 ``pyro.plate("data", N)`` around a VAE's local latents and observations), the weights factorise
@@ -37,8 +41,13 @@ class LogWeights:
     """Per-particle log densities from one vectorised (guide, model) run.
 
     Attributes:
-        log_p: $\\log p(x, z_k)$, shape ``(K, *datum_shape)``.
+        log_p: $\\log p(x, z_k)$, shape ``(K, *datum_shape)``; equal to
+            ``log_likelihood + log_prior``.
         log_q: $\\log q(z_k \\mid x)$, same shape.
+        log_likelihood: $\\log p(x \\mid z_k)$, the model's observed sample sites (including
+            ``pyro.factor``, which Pyro records as an observed site), same shape.
+        log_prior: $\\log p(z_k)$, the model's latent sample sites, same shape. Like ``log_p``,
+            both are left unscaled by the datum plate's subsampling (``datum_scale``).
         log_q_score: The part of ``log_q`` from non-reparameterised sites, same shape.
         model_trace, guide_trace: The Pyro traces (particle dimension included).
         datum_plate: Name of the plate the weights are split over, or ``None``.
@@ -49,6 +58,8 @@ class LogWeights:
     log_p: torch.Tensor
     log_q: torch.Tensor
     log_q_score: torch.Tensor
+    log_likelihood: torch.Tensor
+    log_prior: torch.Tensor
     model_trace: poutine.Trace
     guide_trace: poutine.Trace
     datum_plate: str | None
@@ -167,7 +178,8 @@ def trace_log_weights(
                 check_site_shape(site, max_plate_nesting + 1)
     frame = _datum_frame(model_trace, guide_trace) if per_datum else None
     layout = _Layout(num_particles, max_plate_nesting + 1, frame, _device(model_trace))
-    log_p, _ = layout.sum_sites(model_trace)
+    log_likelihood, log_prior = layout.sum_model_sites(model_trace)
+    log_p = log_likelihood + log_prior
     log_q, log_q_score = layout.sum_sites(guide_trace)
     log_q_stopped = None
     if stop_guide_params and guide is not None:
@@ -181,6 +193,8 @@ def trace_log_weights(
         log_p=log_p,
         log_q=log_q,
         log_q_score=log_q_score,
+        log_likelihood=log_likelihood,
+        log_prior=log_prior,
         model_trace=model_trace,
         guide_trace=guide_trace,
         datum_plate=frame.name if frame is not None else None,
@@ -338,6 +352,19 @@ class _Layout:
             if not site["is_observed"] and not site["fn"].has_rsample:
                 score = score + log_prob
         return total, score
+
+    def sum_model_sites(self, trace: poutine.Trace) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's log-likelihood (observed sites, ``pyro.factor`` included) and log prior
+        (latent sites), each of shape ``self.shape``, accumulated in float64."""
+        likelihood = prior = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            if site["is_observed"]:
+                likelihood = likelihood + self._reduce(site)
+            else:
+                prior = prior + self._reduce(site)
+        return likelihood, prior
 
     def _reduce(self, site: dict) -> torch.Tensor:
         # Per-datum terms are left unscaled by subsampling: bounds apply it after averaging.

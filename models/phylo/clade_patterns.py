@@ -34,6 +34,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from varinf.distributions.trees import clade_keys
+
 from .workspace import workspace
 
 _CACHE_BYTES = 1 << 27  # per alignment and table: clades, tree layouts (128 MiB each)
@@ -191,13 +193,6 @@ def patterns_for(tips: Tensor) -> CladePatterns:
     return patterns
 
 
-def _clade_keys(n: int, rows: list[list[int]]) -> list[int]:
-    keys = [1 << c for c in range(n)] + [0] * (n - 1)
-    for j, (a, b) in enumerate(rows):
-        keys[n + j] = keys[a] | keys[b]
-    return keys
-
-
 class RepeatPlan:
     """Distinct clade patterns of one topology, row by row (every clade computed and kept:
     one topology evaluated many times).
@@ -214,7 +209,7 @@ class RepeatPlan:
     def __init__(self, tips: Tensor, rows: list[list[int]]) -> None:
         patterns = patterns_for(tips)
         n, device = patterns.n, tips.device
-        keys = _clade_keys(n, rows)
+        keys = clade_keys(n, rows)
         ids = {c: patterns.known(1 << c)[0] for c in range(n)}
         self.sizes = {c: int(ids[c].max()) + 1 for c in range(n)}
         self.tips = [patterns.tip_columns[c, :, : self.sizes[c]].to(tips) for c in range(n)]
@@ -291,7 +286,7 @@ class TreeLayout:
 
     def __init__(self, patterns: CladePatterns, rows: list[list[int]]) -> None:
         n = patterns.n
-        keys = _clade_keys(n, rows)
+        keys = clade_keys(n, rows)
         order = sorted(range(n - 1), key=lambda j: keys[n + j].bit_count())  # stable
         step = {n + j: r for r, j in enumerate(order)}
         ids = {c: patterns.known(1 << c)[0] for c in range(n)}  # None: one column per site

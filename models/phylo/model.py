@@ -20,92 +20,17 @@ from collections.abc import Callable
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions import TorchDistribution
 from torch import Tensor
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution
 
 from .alignment import Alignment
 from .errors import PhyloFormatError
 from .likelihood import pruning_log_likelihood
 from .substitution import SubstitutionModel, discrete_gamma_rates, get_model
-from .topology import num_topologies_log, random_topologies
+from .topology import UniformTopology, topology_constraint
 from .trees import Tree
 
 __all__ = ["UniformTopology", "phylo_model"]
-
-
-class _TopologyConstraint(constraints.Constraint):
-    """Valid child tables: each node below the root is a child exactly once, of a later node."""
-
-    is_discrete = True
-    event_dim = 2
-
-    def __init__(self, n_taxa: int) -> None:
-        self.n_taxa = n_taxa
-        super().__init__()
-
-    def check(self, value: Tensor) -> Tensor:
-        n = self.n_taxa
-        if value.shape[-2:] != (n - 1, 2):
-            return torch.zeros(value.shape[:-2], dtype=torch.bool, device=value.device)
-        parents = torch.arange(n, 2 * n - 1, device=value.device)[:, None]
-        in_range = ((value >= 0) & (value < parents)).all(-1).all(-1)
-        counts = torch.zeros(*value.shape[:-2], 2 * n - 1, dtype=torch.long, device=value.device)
-        counts.scatter_add_(
-            -1, value.clamp(0, 2 * n - 2).flatten(-2), torch.ones_like(value).flatten(-2)
-        )
-        once = (counts[..., :-1] == 1).all(-1)
-        last = (value[..., -1, 0] == 2 * n - 3) & (value[..., -1, 1] == n - 1)
-        return in_range & once & last
-
-
-class UniformTopology(TorchDistribution):
-    r"""Uniform distribution over the :math:`(2n-5)!!` unrooted binary topologies on ``n`` taxa.
-
-    Samples are canonical ``(n-1, 2)`` long child tables (`models.phylo.topology`), drawn by
-    random stepwise addition (exactly uniform). :math:`\log p(\tau) = -\log (2n-5)!!` for every
-    valid table; the density is with respect to counting measure on canonical tables.
-
-    Example:
-        >>> d = UniformTopology(5)
-        >>> d.sample((2,)).shape
-        torch.Size([2, 4, 2])
-        >>> round(float(d.log_prob(d.sample()).exp() * 15), 6)
-        1.0
-    """
-
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(self, n_taxa: int, batch_shape=(), validate_args=None) -> None:
-        if int(n_taxa) < 3:
-            raise ValueError(f"n_taxa must be at least 3, got {n_taxa}")
-        self.n_taxa = int(n_taxa)
-        super().__init__(torch.Size(batch_shape), torch.Size([n_taxa - 1, 2]), validate_args)
-
-    @constraints.dependent_property(is_discrete=True, event_dim=2)
-    def support(self):
-        return _TopologyConstraint(self.n_taxa)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(UniformTopology, _instance)
-        new.n_taxa = self.n_taxa
-        super(UniformTopology, new).__init__(
-            torch.Size(batch_shape), self.event_shape, validate_args=False
-        )
-        new._validate_args = self._validate_args
-        return new
-
-    def sample(self, sample_shape=()) -> Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
-        trees = random_topologies(self.n_taxa, max(shape.numel(), 1))
-        return trees[: shape.numel()].reshape(*shape, *self.event_shape)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        shape = torch.broadcast_shapes(value.shape[:-2], self.batch_shape)
-        return torch.full(shape, -num_topologies_log(self.n_taxa), device=value.device)
 
 
 def phylo_model(
@@ -199,7 +124,7 @@ def _fixed_topology(topology, alignment: Alignment) -> Tensor | None:
             )
         return topology.children
     topology = torch.as_tensor(topology)
-    if topology.shape != (n - 1, 2) or not _TopologyConstraint(n).check(topology):
+    if topology.shape != (n - 1, 2) or not topology_constraint(n).check(topology):
         raise ValueError(
             f"topology must be a Tree or a valid ({n - 1}, 2) child table, "
             f"got shape {tuple(topology.shape)}"

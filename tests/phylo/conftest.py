@@ -2,21 +2,20 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "phylo"
+from models.phylo import datasets
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not DATA.exists():
-        pytest.skip("shared phylogenetic data not available")
-    return DATA
+    """The phylogenetic data shipped with the package (`models.phylo.datasets.root()`)."""
+    return datasets.root()
 
 
 @pytest.fixture(scope="session")
-def ds1(data_dir):
+def ds1():
     """DS1 with numeric taxon names and the 40 credible trees with branch lengths."""
     from models.phylo import read_alignment, read_trees
 
-    aln = read_alignment(data_dir / "bito_ds1" / "ds1.fasta")
-    trees = read_trees(data_dir / "bito_ds1" / "ds1.credible.with-branches.nwk", taxa=aln.taxa)
+    aln = read_alignment(datasets.path("DS1-numbered"))
+    trees = read_trees(datasets.path("DS1-credible-branches"), taxa=aln.taxa)
     return aln, trees

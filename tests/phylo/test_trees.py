@@ -26,7 +26,7 @@ def test_newick_round_trip(ds1):
 
 def test_trprobs_translate_and_weights(data_dir):
     aln = read_alignment(data_dir / "alignments_fasta" / "DS1.fasta")
-    golden_path = data_dir / "golden_runs_trprobs" / "DS1" / "rep_1" / "DS1.trprobs"
+    golden_path = data_dir / "golden_runs_trprobs" / "DS1" / "rep_1" / "DS1.trprobs.gz"
     golden = read_trees(golden_path, aln.taxa)
     assert golden[0].weight == pytest.approx(0.281014)
     assert golden[0].lengths is None

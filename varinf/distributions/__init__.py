@@ -1,5 +1,5 @@
 """Pyro distributions and transforms: Concrete relaxations, Gumbel-Sinkhorn, Birkhoff polytope,
-subsplit Bayesian networks."""
+tree topologies, subsplit Bayesian networks."""
 
 from varinf.distributions.birkhoff import (
     RoundingBirkhoff,
@@ -24,6 +24,19 @@ from varinf.distributions.sinkhorn import (
     log_sinkhorn,
     sinkhorn,
 )
+from varinf.distributions.trees import (
+    PhyloFormatError,
+    UniformTopology,
+    canonicalize,
+    clade_keys,
+    clades,
+    from_edges,
+    num_topologies_log,
+    parents,
+    random_topologies,
+    to_newick,
+    topology_constraint,
+)
 
 __all__ = [
     "stick_breaking_centre",
@@ -44,4 +57,15 @@ __all__ = [
     "StickBreakingBirkhoffTransform",
     "SBNSupport",
     "SubsplitBayesianNetwork",
+    "PhyloFormatError",
+    "UniformTopology",
+    "canonicalize",
+    "clade_keys",
+    "clades",
+    "from_edges",
+    "num_topologies_log",
+    "parents",
+    "random_topologies",
+    "to_newick",
+    "topology_constraint",
 ]
