@@ -129,6 +129,7 @@ class SubsplitBayesianNetwork(TorchDistribution):
             if x.shape != (size,):
                 raise ValueError(f"{name} must have shape ({size},), got {tuple(x.shape)}")
         self.root_logits, self.pcsp_logits = root_logits, pcsp_logits
+        self._lookup_cache: dict = {}  # shared with expanded copies
         self.n_taxa = support.n_taxa
         n = self.n_taxa
         super().__init__(torch.Size(), torch.Size([n - 1, 2]), validate_args)
@@ -140,6 +141,7 @@ class SubsplitBayesianNetwork(TorchDistribution):
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(SubsplitBayesianNetwork, _instance)
         new.__dict__.update({k: v for k, v in self.__dict__.items() if not k.startswith("_")})
+        new._lookup_cache = self._lookup_cache
         super(SubsplitBayesianNetwork, new).__init__(
             torch.Size(batch_shape), self.event_shape, validate_args=False
         )
@@ -165,12 +167,28 @@ class SubsplitBayesianNetwork(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         n = self.n_taxa
-        shape = value.shape[:-2]
-        flat = value.reshape(-1, n - 1, 2).long()
-        terms = tree_terms(flat)
-        root_lp, cond_lp = self._factor_log_probs(terms)
+        terms, root_idx, entry_idx = self.lookup(value)
+        root_lp, cond_lp = self._factor_log_probs(terms, root_idx, entry_idx)
         total = rooting_log_probs_masked(terms, root_lp, cond_lp)
-        return total.reshape(*shape, 2 * n - 3)
+        return total.reshape(*value.shape[:-2], 2 * n - 3)
+
+    def lookup(self, value: Tensor):
+        r"""The factors of every rooting of ``value`` and their indices in the support.
+
+        Returns ``(terms, root_index, pcsp_index)`` for the flattened batch (see
+        `SBNSupport.lookup`). The last result is kept (by identity of ``value``), so that a
+        guide which reads the splits of a sampled tree and then its ``log_prob`` does the
+        work once.
+        """
+        cache = self._lookup_cache
+        if cache.get("value") is value:
+            return cache["result"]
+        n = self.n_taxa
+        terms = tree_terms(value.reshape(-1, n - 1, 2).long())
+        result = (terms, *self.support_tables.lookup(terms))
+        cache.clear()
+        cache.update(value=value, result=result)
+        return result
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
@@ -186,9 +204,8 @@ class SubsplitBayesianNetwork(TorchDistribution):
             )
         return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
 
-    def _factor_log_probs(self, terms):
+    def _factor_log_probs(self, terms, root_idx, entry_idx):
         sup = self.support_tables
-        root_idx, entry_idx = sup.lookup(terms)
         root_all, entry_all = self.root_log_probs, self.pcsp_log_probs
         root_lp = root_all[root_idx.clamp(min=0)]
         entry_lp = entry_all[entry_idx.clamp(min=0)]
@@ -223,6 +240,33 @@ class SubsplitBayesianNetwork(TorchDistribution):
         return tables[: shape.numel()].reshape(*shape, *self.event_shape)
 
     def _sample_tables(self, num: int) -> Tensor:
+        if self.smoothing > 0:
+            return self._sample_tables_smoothed(num)
+        sup = self.support_tables
+        n, dev = self.n_taxa, sup.clades.device
+        rows = torch.arange(num, device=dev)
+        table = sup.context_entries
+        logits = self.pcsp_log_probs.detach()
+        logits = torch.where(table >= 0, logits[table.clamp(min=0)], -math.inf)
+        gumbel = -torch.log(-torch.log(torch.rand(num, n - 2, table.shape[1], device=dev)))
+        pick = torch.distributions.Categorical(logits=self.root_log_probs.detach()).sample((num,))
+        stack = torch.full((num, n), -1, dtype=torch.long, device=dev)
+        ptr = torch.zeros(num, dtype=torch.long, device=dev)
+        ptr = _push_ids(stack, ptr, rows, sup.root_child_contexts[pick])
+        ctx_seq = torch.empty(num, n - 2, dtype=torch.long, device=dev)
+        entry_seq = torch.empty(num, n - 2, dtype=torch.long, device=dev)
+        for step in range(n - 2):
+            ptr = ptr - 1
+            ctx = stack[rows, ptr]
+            choice = (logits[ctx] + gumbel[:, step]).argmax(-1)
+            entry = table[ctx, choice]
+            ctx_seq[:, step], entry_seq[:, step] = ctx, entry
+            ptr = _push_ids(stack, ptr, rows, sup.entry_child_contexts[entry])
+        y = sup.clades[sup.context_clade[ctx_seq]]
+        a = sup.clades[sup.entry_first[entry_seq]]
+        return tables_from_subsplits(y, a, y ^ a, n)
+
+    def _sample_tables_smoothed(self, num: int) -> Tensor:
         sup = self.support_tables
         n, dev = self.n_taxa, sup.clades.device
         full = all_words(n, dev)
@@ -279,6 +323,17 @@ def _random_part(y: Tensor, n: int) -> Tensor:
         out = torch.where(take[:, None], bits, out)
         todo &= ~ok
     return out
+
+
+def _push_ids(stack: Tensor, ptr: Tensor, rows: Tensor, contexts: Tensor) -> Tensor:
+    """Push the non-leaf child contexts ``(B, 2)`` (``-1`` = leaf, skipped); new pointer."""
+    for side in (1, 0):
+        ctx = contexts[:, side]
+        inner = ctx >= 0
+        slot = torch.where(inner, ptr, stack.shape[1] - 1)
+        stack[rows, slot] = torch.where(inner, ctx, stack[rows, slot])
+        ptr = ptr + inner.long()
+    return ptr
 
 
 def _push(stack: Tensor, ptr: Tensor, rows: Tensor, clade: Tensor, sister: Tensor) -> Tensor:

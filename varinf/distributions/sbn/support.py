@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from varinf.distributions.sbn.bits import check_tables, num_words, popcount
+from varinf.distributions.sbn.bits import all_words, check_tables, num_words, popcount
 from varinf.distributions.sbn.terms import TreeTerms, tree_terms
 
 _MULTIPLIERS = (1, 0x5851F42D4C957F2D, 0x14057B7EF767814F, 0x2545F4914F6CDD1D)
@@ -48,6 +48,9 @@ class SBNSupport:
         entry_context, entry_first, entry_second: ``(E,)`` context and the two child clades
             (``entry_first`` the smaller id) of each PCSP.
         context_entries: ``(Q, K)`` PCSP ids of each context, padded with ``-1``.
+        entry_child_contexts, root_child_contexts: ``(E, 2)`` and ``(S, 2)`` contexts of the
+            two children of each PCSP and root split (``-1`` for a leaf): sampling in the
+            support is then integer table look-ups only.
 
     Use `from_trees`; `SubsplitBayesianNetwork` holds one.
 
@@ -85,6 +88,23 @@ class SBNSupport:
         union = self.clades[self.context_clade[self.entry_context]]
         self.entry_second = self.clade_ids(union ^ self.clades[self.entry_first])
         self.context_entries = _pad_groups(self.entry_context, ctx.numel())
+        # the contexts each PCSP and each root split hands to its two children (-1: a leaf)
+        self.entry_child_contexts = torch.stack(
+            [
+                self._ctx(self.entry_first, self.entry_second),
+                self._ctx(self.entry_second, self.entry_first),
+            ],
+            -1,
+        )
+        complement = self.clade_ids(all_words(n_taxa) ^ self.clades[self.root_clades])
+        self.root_child_contexts = torch.stack(
+            [self._ctx(self.root_clades, complement), self._ctx(complement, self.root_clades)], -1
+        )
+
+    def _ctx(self, clade: Tensor, sister: Tensor) -> Tensor:
+        num = self.clades.shape[0]
+        ctx = _find(self.context_keys, clade * num + sister)
+        return torch.where(self.clade_sizes[clade] >= 2, ctx, -1)
 
     @classmethod
     def from_trees(cls, trees, taxa: Sequence[str] | None = None) -> SBNSupport:
