@@ -145,7 +145,8 @@ def pyro_route(repeats: int) -> pd.DataFrame:
     """Gradient variance of the Pyro losses via the core's gradient_variance()."""
     from pyro.infer import Trace_ELBO
 
-    from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
+    from varinf import VIMCO, ScoreELBO
+    from varinf.gradients import EstimatorELBO
 
     means = torch.tensor([-1.0, 0.5, 2.0])
     data = torch.tensor([0.2, 0.9, 0.4])
@@ -174,7 +175,7 @@ def pyro_route(repeats: int) -> pd.DataFrame:
 
 def _label(loss) -> str:
     if hasattr(loss, "estimator"):
-        return f"EstimatorELBO({loss.estimator.name}, k={loss.num_samples})"
+        return f"EstimatorELBO({loss.estimator.name}, k={loss.num_particles})"
     return f"{type(loss).__name__}(K={loss.num_particles})"
 
 

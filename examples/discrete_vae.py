@@ -18,7 +18,7 @@ Estimators (all from ``varinf.gradients``, ``k`` evaluations of the decoder per 
 The plot (``--out``) shows the exact test log p(x) and the total variance of the encoder
 gradient (over ``--variance-repeats`` draws on a fixed batch) during training.
 
-Usage: python examples/discrete_vae.py [--steps 600] [--num-samples 4] [--out discrete_vae.png]
+Usage: python examples/discrete_vae.py [--steps 600] [--num-particles 4] [--out discrete_vae.png]
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ class VAE(nn.Module):
 class Trainer:
     """One estimator's training loop: a loss per batch, and the encoder-gradient variance."""
 
-    def __init__(self, name: str, vae: VAE, num_samples: int, lr: float, steps: int) -> None:
-        self.name, self.vae, self.k = name, vae, num_samples
+    def __init__(self, name: str, vae: VAE, num_particles: int, lr: float, steps: int) -> None:
+        self.name, self.vae, self.k = name, vae, num_particles
         # Jang et al.'s schedule: anneal from 1 to 0.5, here over the first half of training
         self.schedule = ExponentialAnnealing(1.0, rate=2 * math.log(2) / max(steps, 1), minimum=0.5)
         self.estimator = {
@@ -160,7 +160,7 @@ class Trainer:
 def train(name: str, args, train_x, test_x) -> dict:
     torch.manual_seed(args.seed)
     vae = VAE(args.latents, args.classes)
-    trainer = Trainer(name, vae, args.num_samples, args.lr, args.steps)
+    trainer = Trainer(name, vae, args.num_particles, args.lr, args.steps)
     generator = torch.Generator().manual_seed(args.seed)
     fixed_batch = train_x[: args.batch_size]
     history = {"step": [], "log_px": [], "elbo": [], "grad_var_step": [], "grad_var": []}
@@ -208,7 +208,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=ESTIMATORS)
-    parser.add_argument("--num-samples", type=int, default=4, help="k evaluations per datum")
+    parser.add_argument("--num-particles", type=int, default=4, help="k evaluations per datum")
     parser.add_argument("--latents", type=int, default=3, help="m categorical latents")
     parser.add_argument("--classes", type=int, default=8, help="n classes per latent")
     parser.add_argument("--batch-size", type=int, default=100)

@@ -60,7 +60,7 @@ def main() -> None:
         if step % 250 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  -ELBO {loss:12.3f}")
 
-    for estimator in (ELBO(args.particles), IWAE(args.particles), SUMO(num_draws=200)):
+    for estimator in (ELBO(args.particles), IWAE(args.particles), SUMO(num_particles=200)):
         result = estimator.estimate(model, guide)
         print(result, result.diagnostics)
     print(

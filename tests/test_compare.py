@@ -148,8 +148,8 @@ def test_gradient_variance_counts_sumo_evaluations():
     problem = ConjugateGaussian.example(num_data=4, dim=1)
     problem.guide()
     result = gradient_variance(
-        [SUMO(num_draws=2), IWAE(2)], problem.model, problem.guide, repeats=200, progress=False
+        [SUMO(num_particles=2), IWAE(2)], problem.model, problem.guide, repeats=200, progress=False
     )
-    # SUMO spends num_draws * (1 + E[J]) = 2 * 6.08 evaluations on average
+    # SUMO spends num_particles * (1 + E[J]) = 2 * 6.08 evaluations on average
     assert result.costs["iwae"] == 2
     assert 8 < result.costs["sumo"] < 20

@@ -6,8 +6,8 @@ Every estimator answers through one call, ``estimate(model, guide, *args, **kwar
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
 from varinf.estimate import Estimate, Estimator
-from varinf.estimators import ELBO, IWAE, RQMCELBO, SUMO, NaiveMonteCarlo
-from varinf.gradients import VIMCO, EstimatorELBO, ScoreELBO
+from varinf.estimators import ELBO, IWAE, RQMCELBO, SUMO, VIMCO, NaiveMonteCarlo, ScoreELBO
+from varinf.gradients import EstimatorELBO
 
 __version__ = "0.1.0"
 

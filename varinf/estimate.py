@@ -9,6 +9,7 @@ per-sample log weights where the method has them, and diagnostics.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -78,9 +79,17 @@ class Estimator:
     handles seeding, timing and the checks every estimator shares (a guide where one is
     needed, finite results).
 
+    Gradients are left on: estimators that need none (the particle objectives) turn them off
+    themselves, and those that differentiate the model (Laplace, HMC) need them.
+
     Args:
         seed: If given, every call to `estimate` starts from this seed, so the same
             seed gives the same number; the global random state is left untouched.
+
+    Attributes:
+        label: A short string that identifies the estimator and its options (the
+            constructor arguments that differ from their defaults; $K$ always), e.g.
+            ``"elbo(K=10, sampler=rqmc)"``; `varinf.compare` uses it.
     """
 
     name: ClassVar[str] = "estimator"
@@ -108,8 +117,7 @@ class Estimator:
             )
         with seeded(self.seed):
             start = time.perf_counter()
-            with torch.no_grad():
-                result = self._estimate(model, guide, args, kwargs)
+            result = self._estimate(model, guide, args, kwargs)
             elapsed = time.perf_counter() - start
         result = replace(result, elapsed=elapsed, kind=self.kind, estimator=self.name)
         if not math.isfinite(result.value):
@@ -124,9 +132,52 @@ class Estimator:
     ) -> Estimate:
         raise NotImplementedError
 
+    #: Options a subclass fixes, so that its label need not repeat them (``RQMCELBO``'s sampler).
+    label_defaults: ClassVar[dict] = {}
+    #: Options that do not change what is estimated, left out of the label.
+    unlabelled: ClassVar[tuple[str, ...]] = ("seed", "max_plate_nesting")
+
+    @property
+    def label(self) -> str:
+        parts = []
+        for option, (value, default) in self._options().items():
+            if option == "num_particles":
+                parts.append(f"K={value}")
+            elif option not in self.unlabelled and _differs(value, default):
+                parts.append(f"{option}={value}")
+        return f"{self.name}({', '.join(parts)})" if parts else self.name
+
     def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        options = ", ".join(
+            f"{option}={value!r}"
+            for option, (value, default) in self._options().items()
+            if option == "num_particles" or _differs(value, default)
+        )
         return f"{type(self).__name__}({options})"
+
+    def _options(self) -> dict[str, tuple[Any, Any]]:
+        """``{constructor option: (value, default)}`` over the estimator classes of the MRO."""
+        options: dict[str, tuple[Any, Any]] = {}
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if not (isinstance(cls, type) and issubclass(cls, Estimator)) or init is None:
+                continue
+            for parameter in list(inspect.signature(init).parameters.values())[1:]:
+                if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                    continue
+                default = self.label_defaults.get(parameter.name, parameter.default)
+                if parameter.name not in options and hasattr(self, parameter.name):
+                    options[parameter.name] = (getattr(self, parameter.name), default)
+        return options
+
+
+def _differs(value: Any, default: Any) -> bool:
+    if default is inspect.Parameter.empty:
+        return True
+    try:
+        return bool(value != default)
+    except (TypeError, RuntimeError, ValueError):  # tensors, arrays: show them
+        return True
 
 
 def make_estimate(

@@ -1,5 +1,10 @@
 r"""Pyro effect handlers shared by the estimators.
 
+`tempered` raises the likelihood to a power $\beta$: under it a model's joint density is the
+unnormalised power posterior $p(x \mid z)^\beta\, p(z)$ (Friel and Pettitt 2008), with $\beta$ a
+number or one temperature per chain or particle, so a whole ladder of temperatures is one
+batched model call.
+
 `QuasiMonteCarloMessenger` replaces the guide's i.i.d. draws by randomised quasi-Monte Carlo
 points: one scrambled Sobol point set $u_{1..K} \in [0,1)^D$ covers all $D$ latent dimensions of
 a particle jointly, and each site takes its columns through the inverse CDF,
@@ -23,6 +28,83 @@ from pyro.poutine.subsample_messenger import _Subsample  # a plate's index site
 from torch.distributions import transforms
 
 MAX_SOBOL_DIMENSION = 21201  # torch's SobolEngine limit
+
+
+class tempered(Messenger):  # noqa: N801 (a handler, named like Pyro's poutine.scale)
+    r"""Scale the log density of every likelihood site by an inverse temperature $\beta$.
+
+    Likelihood sites are the observed sample sites, `pyro.factor` included; latent sites keep
+    their prior. The traced joint log density becomes
+
+    $$\log p_\beta(x, z) = \beta \log p(x \mid z) + \log p(z),$$
+
+    the log density of the power posterior (Friel and Pettitt 2008, "Marginal likelihood
+    estimation via power posteriors"). A site is a likelihood site when it is observed at the
+    moment this handler sees it, so data supplied by `poutine.condition` are tempered when the
+    condition is inside: ``tempered(beta)(poutine.condition(model, data))``.
+    ``pyro.deterministic`` sites carry no density and are left alone.
+
+    Args:
+        beta: $\beta \geq 0$, a float, or a tensor of shape ``(C,)`` with one temperature per
+            element of the chain or particle plate at dimension ``dim``.
+        dim: The (negative) dimension of that plate, e.g. ``-(max_plate_nesting + 1)``;
+            required when ``beta`` has more than one element. ``beta`` is reshaped to
+            ``(C, 1, ..., 1)`` with ``-dim - 1`` trailing ones, so it broadcasts against every
+            site's log density.
+
+    Raises:
+        ValueError: a negative or non-finite ``beta``, or a tensor ``beta`` without ``dim``.
+
+    Examples:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("x", dist.Normal(z, 1.0), obs=torch.tensor(0.5))
+        >>> with tempered(0.3):
+        ...     trace = pyro.poutine.trace(model).get_trace()
+        >>> z = trace.nodes["z"]["value"]
+        >>> prior = dist.Normal(0.0, 1.0).log_prob(z)
+        >>> loglik = dist.Normal(z, 1.0).log_prob(torch.tensor(0.5))
+        >>> bool(torch.isclose(trace.log_prob_sum(), 0.3 * loglik + prior))
+        True
+
+        One temperature per chain, in one model call:
+
+        >>> betas = torch.tensor([0.0, 0.5, 1.0])
+        >>> with pyro.plate("chains", 3, dim=-1), tempered(betas, dim=-1):
+        ...     trace = pyro.poutine.trace(model).get_trace()
+        >>> trace.compute_log_prob()
+        >>> trace.nodes["x"]["log_prob"].shape
+        torch.Size([3])
+    """
+
+    def __init__(self, beta: float | torch.Tensor, dim: int | None = None) -> None:
+        super().__init__()
+        self.beta = check_beta(beta, dim)
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] and not msg["infer"].get("_deterministic", False):
+            msg["scale"] = self.beta * msg["scale"]
+
+
+def check_beta(beta: float | torch.Tensor, dim: int | None) -> float | torch.Tensor:
+    """``beta`` as a float, a 0-d tensor, or a ``(C,)`` tensor reshaped to broadcast at ``dim``;
+    a ValueError for a negative or non-finite ``beta`` or a tensor ``beta`` without a ``dim``."""
+    if not torch.is_tensor(beta):
+        beta = float(beta)
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be finite and non-negative, got {beta}")
+        return beta
+    if not (torch.isfinite(beta).all() and (beta >= 0).all()):
+        raise ValueError(f"beta must be finite and non-negative, got {beta}")
+    if beta.numel() == 1 and dim is None:
+        return beta.reshape(())
+    if dim is None or beta.dim() != 1 or dim >= 0:
+        raise ValueError(
+            f"a tensor beta of shape {tuple(beta.shape)} needs shape (C,) and a negative dim, "
+            f"the dimension of the chain or particle plate it runs along (got dim={dim})"
+        )
+    return beta.reshape(beta.shape + (1,) * (-dim - 1))
 
 
 class QuasiMonteCarloMessenger(Messenger):

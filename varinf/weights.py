@@ -20,8 +20,9 @@ which a score-function surrogate attaches, so estimators can build unbiased grad
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyro
@@ -30,6 +31,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
+from torch.distributions import Distribution, Independent
 
 from varinf.handlers import QuasiMonteCarloMessenger, count_dimensions
 
@@ -74,6 +76,11 @@ class LogWeights:
     @property
     def num_particles(self) -> int:
         return self.log_p.shape[0]
+
+    @property
+    def guide_param_names(self) -> set[str]:
+        """Names of the ``pyro.param`` sites the guide read."""
+        return {name for name, site in self.guide_trace.nodes.items() if site["type"] == "param"}
 
     @property
     def has_score_terms(self) -> bool:
@@ -394,3 +401,83 @@ def _check_finite(log_density: torch.Tensor, which: str) -> None:
             f"the {which} log density is NaN or infinite for {bad} of {log_density.numel()} "
             f"particle terms; check the {which}'s distributions, supports and parameters"
         )
+
+
+@contextlib.contextmanager
+def capture_params() -> Iterator[dict[str, torch.Tensor]]:
+    """Collect the unconstrained tensors of every ``pyro.param`` read inside the block.
+
+    The yielded dict is filled, in order of first use, when the block exits.
+
+    Examples:
+        >>> import pyro, torch
+        >>> from torch.distributions import constraints
+        >>> pyro.clear_param_store()
+        >>> with capture_params() as params:
+        ...     _ = pyro.param("scale", torch.ones(2), constraint=constraints.positive)
+        >>> list(params), params["scale"]  # unconstrained: log 1 = 0
+        (['scale'], tensor([0., 0.], requires_grad=True))
+    """
+    params: dict[str, torch.Tensor] = {}
+    with poutine.trace(param_only=True) as capture:
+        yield params
+    for name, site in capture.trace.nodes.items():
+        if site["type"] == "param" and name not in params:
+            params[name] = site["value"].unconstrained()
+
+
+def discrete_guide_site(guide: Callable, args: tuple, kwargs: dict) -> tuple[str, Distribution]:
+    """The guide's one latent sample site, discrete, and its distribution as one joint variable
+    (batch dimensions folded into the event), for estimators that choose the states themselves.
+
+    Raises:
+        ValueError: the guide has no latent site, several, or a reparameterised one.
+    """
+    trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    latent = [(name, site) for name, site in trace.nodes.items() if _is_latent(site)]
+    if len(latent) != 1 or latent[0][1]["fn"].has_rsample:
+        names = [name for name, _ in latent]
+        raise ValueError(
+            "this loss needs a guide with exactly one latent site, discrete; got "
+            f"{names or 'none'} (use IWAE(gradient='vimco') or ELBO(gradient='score') for "
+            "other guides)"
+        )
+    name, site = latent[0]
+    fn = site["fn"]
+    if isinstance(fn, Independent):
+        fn = Independent(fn.base_dist, fn.reinterpreted_batch_ndims + len(fn.batch_shape))
+    elif fn.batch_shape:
+        fn = Independent(fn, len(fn.batch_shape))
+    return name, fn
+
+
+def log_density_given(
+    model: Callable,
+    values: dict[str, torch.Tensor],
+    args: tuple,
+    kwargs: dict,
+    *,
+    batch_ndim: int = 0,
+    exclude: frozenset[str] = frozenset(),
+) -> torch.Tensor:
+    """The model's log density with the sites in ``values`` conditioned on them.
+
+    Sums every sample site except those in ``exclude`` over all but its leftmost
+    ``batch_ndim`` dimensions (the stacked states of the conditioned values), shape
+    ``values' leading batch_ndim dims``.
+    """
+    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    trace.compute_log_prob(site_filter=lambda name, site: name not in exclude)
+    reference = next(iter(values.values()))
+    total = reference.new_zeros(reference.shape[:batch_ndim])  # promoted by the first site
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and name not in exclude:
+            log_prob = site["log_prob"]
+            if log_prob.dim() > batch_ndim:
+                log_prob = log_prob.sum(tuple(range(batch_ndim, log_prob.dim())))
+            total = total + log_prob
+    return total
+
+
+def _is_latent(site: dict) -> bool:
+    return site["type"] == "sample" and not site["is_observed"]

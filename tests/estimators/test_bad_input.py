@@ -93,9 +93,13 @@ def test_bad_seed_type():
         IWAE(3, seed="1")
 
 
-def test_bad_iwae_gradient_option():
+def test_bad_gradient_options():
     with pytest.raises(ValueError, match="gradient"):
-        IWAE(3, gradient="vimco")
+        IWAE(3, gradient="score")
+    with pytest.raises(ValueError, match="gradient"):
+        ELBO(3, gradient="dreg")
+    with pytest.raises(ValueError, match="num_particles must be at least 2"):
+        IWAE(1, gradient="vimco")
 
 
 def test_dreg_refuses_discrete_guides():

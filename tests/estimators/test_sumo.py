@@ -72,7 +72,7 @@ def test_sumo_within_five_stderr_of_truth(make):
     variance is infinite, so its sample stderr is only indicative. Unbiasedness itself is
     established exactly above (roulette law, formula, telescoping expectation)."""
     problem, guide = make()
-    result = SUMO(num_draws=20000, seed=0).estimate(problem.model, guide)
+    result = SUMO(num_particles=20000, seed=0).estimate(problem.model, guide)
     assert abs(result.value - problem.log_evidence) < 5 * result.stderr
 
 
@@ -80,7 +80,7 @@ def test_sumo_within_five_stderr_of_truth(make):
 def test_sumo_unbiased_on_the_note_toy_where_iwae5_is_not():
     """Note: SUMO 1.8359 vs log 2pi = 1.8379, IWAE_5 1.7616 (var 0.154)."""
     toy = SumoMixture()
-    result = SUMO(num_draws=200000, seed=0).estimate(toy.model, toy.guide)
+    result = SUMO(num_particles=200000, seed=0).estimate(toy.model, toy.guide)
     assert abs(result.value - toy.log_evidence) < 3 * result.stderr
     iwae5 = torch.tensor(
         [IWAE(5, seed=s).estimate(toy.model, toy.guide).value for s in range(4000)]
@@ -93,7 +93,7 @@ def test_one_draw_has_no_stderr_and_says_why():
     toy = SumoMixture()
     result = SUMO(seed=0).estimate(toy.model, toy.guide)
     assert math.isnan(result.stderr)
-    assert "num_draws" in result.diagnostics["stderr"]
+    assert "num_particles" in result.diagnostics["stderr"]
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_one_draw_has_no_stderr_and_says_why():
     [
         ({"min_terms": 0}, "min_terms"),
         ({"tail": 1.0}, "tail"),
-        ({"num_draws": 0}, "num_draws"),
+        ({"num_particles": 0}, "num_particles"),
         ({"guide_objective": "x"}, "guide_objective"),
     ],
 )

@@ -20,7 +20,7 @@ LOSSES = [
     (IWAE(num_particles=2), 4000, {"lr": 0.005}),
     (IWAE(num_particles=8, gradient="dreg"), 2000, {"lr": 0.03}),
     # SUMO's guide gradients are heavy-tailed (rare long roulette sequences): clip them.
-    (SUMO(num_draws=8), 2000, {"lr": 0.03, "clip_norm": 1.0}),
+    (SUMO(num_particles=8), 2000, {"lr": 0.03, "clip_norm": 1.0}),
 ]
 IDS = ["elbo", "iwae", "iwae-dreg", "sumo"]
 

@@ -149,11 +149,11 @@ def test_bad_input():
     q = Categorical(logits=torch.zeros(3))
     with pytest.raises(TypeError, match="dist"):
         ScoreFunction().surrogate(Normal(0.0, 1.0), lambda z: z, 2)
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="num_particles"):
         ScoreFunction("leave-one-out").surrogate(q, lambda z: z.float(), 1)
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="num_particles"):
         VIMCOEstimator().surrogate(q, lambda z: z.float(), 1)
-    with pytest.raises(TypeError, match="num_samples"):
+    with pytest.raises(TypeError, match="num_particles"):
         ScoreFunction().surrogate(q, lambda z: z.float(), 2.0)
     with pytest.raises(TypeError, match="f must be"):
         ScoreFunction().surrogate(q, None, 2)

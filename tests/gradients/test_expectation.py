@@ -127,9 +127,9 @@ def test_one_model_run_equals_k_runs(estimator):
 def test_refusals():
     with pytest.raises(TypeError, match="estimator"):
         ExpectationLoss("unordered-set", 2)
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="num_particles"):
         ExpectationLoss(UnorderedSet(), 1)
-    with pytest.raises(TypeError, match="num_samples"):
+    with pytest.raises(TypeError, match="num_particles"):
         ExpectationLoss(UnorderedSet(), 2.0)
 
     def continuous_guide():

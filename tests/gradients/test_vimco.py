@@ -11,7 +11,8 @@ import pytest
 import torch
 from pyro.infer import SVI
 
-from varinf.gradients import VIMCO, ScoreELBO, VIMCOEstimator
+from varinf import VIMCO, ScoreELBO
+from varinf.gradients import VIMCOEstimator
 from varinf.gradients.base import enumerate_tuples
 from varinf.gradients.toy import P0, toy_dist
 from varinf.gradients.vimco import vimco_signal

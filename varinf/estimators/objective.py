@@ -9,16 +9,17 @@ different objective than the model's (DReG, SUMO's variance-minimising encoder) 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO as PyroELBO
 
 from varinf.estimate import Estimate, Estimator, make_estimate
 from varinf.weights import (
     LogWeights,
+    capture_params,
     check_num_particles,
     check_sampler,
     guess_max_plate_nesting,
@@ -74,7 +75,7 @@ class ParticleObjective(Estimator, PyroELBO):
     def objective(self, weights: LogWeights) -> Objective:
         raise NotImplementedError
 
-    def num_samples(self) -> int:
+    def particles_per_evaluation(self) -> int:
         """Particles drawn per evaluation (SUMO draws a random number)."""
         return self.num_particles
 
@@ -87,7 +88,7 @@ class ParticleObjective(Estimator, PyroELBO):
             guide,
             args,
             kwargs,
-            num_particles=self.num_samples(),
+            num_particles=self.particles_per_evaluation(),
             max_plate_nesting=self.plate_nesting(model, guide, args, kwargs),
             sampler=self.sampler,
             **self.trace_options(),
@@ -113,14 +114,20 @@ class ParticleObjective(Estimator, PyroELBO):
         return cache[key]
 
     def _estimate(self, model, guide, args, kwargs) -> Estimate:
-        weights = self.log_weights(model, guide, args, kwargs)
-        value, stderr, diagnostics = self.summarize(weights)
+        with torch.no_grad():  # an estimate needs no gradients: no graph, less memory
+            weights = self.log_weights(model, guide, args, kwargs)
+            value, stderr, diagnostics = self.summarize(weights)
         if self.sampler == "rqmc":
             stderr = float("nan")
             diagnostics = {
                 **diagnostics,
                 "stderr": "RQMC particles are dependent: estimate the "
                 "error from independent repeats (varinf.compare)",
+            }
+        elif math.isnan(stderr) and "stderr" not in diagnostics:
+            diagnostics = {
+                **diagnostics,
+                "stderr": "one particle: use num_particles >= 2 for a standard error",
             }
         return make_estimate(
             value,
@@ -159,15 +166,16 @@ class ParticleObjective(Estimator, PyroELBO):
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """Compute $-\\mathcal{L}$ and accumulate its gradient estimator into ``.grad``."""
-        with poutine.trace(param_only=True) as capture:
+        with capture_params() as params:
             weights = self.log_weights(model, guide, args, kwargs)
         result = self.objective(weights)
         if result.guide_surrogate is None:
             if result.surrogate.requires_grad:
                 (-result.surrogate).backward(retain_graph=self.retain_graph)
             return -result.value.item()
-        guide_params = _params(weights.guide_trace, capture.trace)
-        model_params = [p for p in _params(None, capture.trace) if not _contains(guide_params, p)]
+        names = weights.guide_param_names
+        guide_params = [p for name, p in params.items() if name in names]
+        model_params = [p for name, p in params.items() if name not in names]
         _accumulate(-result.surrogate, model_params, retain_graph=True)
         _accumulate(-result.guide_surrogate, guide_params, retain_graph=self.retain_graph)
         return -result.value.item()
@@ -179,26 +187,6 @@ class ParticleObjective(Estimator, PyroELBO):
 def _with_value(surrogate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """A tensor equal to ``value`` whose gradient is that of ``surrogate``."""
     return surrogate + (value - surrogate).detach()
-
-
-def _params(guide_trace, param_trace) -> list[torch.Tensor]:
-    """Unconstrained parameters seen by ``param_trace``; only the guide's if ``guide_trace``."""
-    names = None
-    if guide_trace is not None:
-        names = _guide_param_names(guide_trace)
-    params = []
-    for name, site in param_trace.nodes.items():
-        if site["type"] == "param" and (names is None or name in names):
-            params.append(site["value"].unconstrained())
-    return params
-
-
-def _guide_param_names(guide_trace) -> set[str]:
-    return {name for name, site in guide_trace.nodes.items() if site["type"] == "param"}
-
-
-def _contains(tensors: list[torch.Tensor], tensor: torch.Tensor) -> bool:
-    return any(t is tensor for t in tensors)
 
 
 def _accumulate(loss: torch.Tensor, params: list[torch.Tensor], retain_graph) -> None:

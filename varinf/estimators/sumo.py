@@ -29,8 +29,8 @@ import math
 
 import torch
 
-from varinf.estimators.elbo import score_surrogate
 from varinf.estimators.objective import Objective, ParticleObjective
+from varinf.gradients.base import score_term
 from varinf.weights import LogWeights, check_num_particles
 
 
@@ -42,12 +42,11 @@ def survival(j: torch.Tensor, cutoff: int, tail: float) -> torch.Tensor:
     return torch.where(j <= cutoff, head, beyond)
 
 
-def sample_num_terms(num_draws: int, cutoff: int, tail: float) -> torch.Tensor:
-    r"""Draw $J \ge 1$ by inversion, $J = \max\{j : P(\mathcal J \ge j) \ge u\}$.
-
-    Here $u \sim U(0, 1]$.
+def sample_num_terms(num_sequences: int, cutoff: int, tail: float) -> torch.Tensor:
+    r"""Draw ``num_sequences`` lengths $J \ge 1$ by inversion,
+    $J = \max\{j : P(\mathcal J \ge j) \ge u\}$, with $u \sim U(0, 1]$.
     """
-    u = 1.0 - torch.rand(num_draws, dtype=torch.float64)  # in (0, 1]
+    u = 1.0 - torch.rand(num_sequences, dtype=torch.float64)  # in (0, 1]
     head = torch.floor(1.0 / u)
     beyond = cutoff + torch.floor(torch.log(u * cutoff) / math.log(tail))
     return torch.where(u > 1.0 / cutoff, head, beyond).long().clamp(min=1)
@@ -73,11 +72,11 @@ def sumo(
     """
     device = log_weights.device
     lengths = lengths.to(device)
-    num_draws, longest = len(lengths), int(lengths.max())
-    rows = torch.repeat_interleave(torch.arange(num_draws, device=device), lengths)
+    num_sequences, longest = len(lengths), int(lengths.max())
+    rows = torch.repeat_interleave(torch.arange(num_sequences, device=device), lengths)
     starts = torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
     cols = torch.arange(len(rows), device=device) - starts
-    padded = log_weights.new_zeros((num_draws, longest) + log_weights.shape[1:])
+    padded = log_weights.new_zeros((num_sequences, longest) + log_weights.shape[1:])
     padded = padded.index_put((rows, cols), log_weights)
     counts = torch.arange(1, longest + 1, dtype=log_weights.dtype, device=log_weights.device)
     counts = counts.reshape((1, longest) + (1,) * (log_weights.dim() - 1))
@@ -96,8 +95,9 @@ class SUMO(ParticleObjective):
     r"""Unbiased estimator of $\log p(x)$ by Russian roulette over IWAE bounds (Luo et al. 2020).
 
     Args:
-        num_draws: Independent SUMO draws averaged per estimate (``SVI`` uses one per step, as
-            in the paper); ``estimate()`` reports their standard error.
+        num_particles: $R$, independent SUMO draws (roulette sequences of $m + J_r$ particles
+            each) averaged per estimate; ``SVI`` uses one per step, as in the paper.
+            ``estimate()`` reports their standard error (see the warning below).
         min_terms: $m \ge 1$, samples always used (variance falls as $m$ grows).
         cutoff: $c$, where $P(\mathcal J \ge j) = 1/j$ turns into a geometric tail.
         tail: $\rho \in (0, 1)$, the geometric tail's ratio.
@@ -112,7 +112,7 @@ class SUMO(ParticleObjective):
     Example:
         >>> from models.energies import SumoMixture
         >>> toy = SumoMixture()  # log Z = log 2 pi
-        >>> est = SUMO(num_draws=20000, seed=1).estimate(toy.model, toy.guide)
+        >>> est = SUMO(num_particles=20000, seed=1).estimate(toy.model, toy.guide)
         >>> abs(est.value - toy.log_evidence) < 4 * est.stderr
         True
     """
@@ -122,7 +122,7 @@ class SUMO(ParticleObjective):
 
     def __init__(
         self,
-        num_draws: int = 1,
+        num_particles: int = 1,
         *,
         min_terms: int = 1,
         cutoff: int = 80,
@@ -130,7 +130,6 @@ class SUMO(ParticleObjective):
         guide_objective: str = "variance",
         **options,
     ) -> None:
-        num_draws = check_num_particles(num_draws, "num_draws")
         min_terms = check_num_particles(min_terms, "min_terms")
         cutoff = check_num_particles(cutoff, "cutoff")
         if not 0.0 < tail < 1.0:
@@ -139,19 +138,15 @@ class SUMO(ParticleObjective):
             raise ValueError(
                 f"guide_objective must be 'value' or 'variance', got {guide_objective!r}"
             )
-        super().__init__(num_draws, **options)
+        super().__init__(num_particles, **options)
         self.min_terms, self.cutoff, self.tail = min_terms, cutoff, tail
         self.guide_objective = guide_objective
         self._lengths = None
         self._moving_average = None
 
-    @property
-    def num_draws(self) -> int:
-        return self.num_particles
-
-    def num_samples(self) -> int:
+    def particles_per_evaluation(self) -> int:
         # Drawn afresh for every evaluation; objective() reads the same lengths back.
-        terms = sample_num_terms(self.num_draws, self.cutoff, self.tail)
+        terms = sample_num_terms(self.num_particles, self.cutoff, self.tail)
         self._lengths = self.min_terms + terms
         return int(self._lengths.sum())
 
@@ -172,11 +167,11 @@ class SUMO(ParticleObjective):
         estimates, scores = self._draws(weights)
         scale = weights.datum_scale
         value = scale * estimates.mean(0).sum()
-        surrogate = value + scale * score_surrogate(estimates, scores).mean(0).sum()
+        surrogate = value + scale * score_term(estimates, scores).mean(0).sum()
         if self.guide_objective == "value":
             return Objective(value=value, surrogate=surrogate)
         squared = (estimates - self._baseline(estimates)).pow(2)
-        variance = squared.mean(0).sum() + score_surrogate(squared, scores).mean(0).sum()
+        variance = squared.mean(0).sum() + score_term(squared, scores).mean(0).sum()
         return Objective(value=value, surrogate=surrogate, guide_surrogate=-scale * variance)
 
     def _baseline(self, estimates: torch.Tensor) -> torch.Tensor:
@@ -189,9 +184,9 @@ class SUMO(ParticleObjective):
         draw a moving average of past steps (a scalar: the mean SUMO per datum).
         """
         estimates = estimates.detach()
-        num_draws = len(estimates)
-        if num_draws > 1:
-            return (estimates.sum(0, keepdim=True) - estimates) / (num_draws - 1)
+        num_sequences = len(estimates)
+        if num_sequences > 1:
+            return (estimates.sum(0, keepdim=True) - estimates) / (num_sequences - 1)
         # One number, the mean per datum: minibatches change size and order between steps.
         previous = self._moving_average
         current = estimates.mean().item()
@@ -202,11 +197,11 @@ class SUMO(ParticleObjective):
         estimates, _ = self._draws(weights)
         per_draw = weights.datum_scale * estimates.reshape(len(estimates), -1).sum(1)
         diagnostics = {
-            "num_draws": len(per_draw),
+            "num_particles": len(per_draw),
             "mean_length": float(self._lengths.double().mean()),
         }
         if len(per_draw) < 2:
-            diagnostics["stderr"] = "one draw: use num_draws >= 2 for a standard error"
+            diagnostics["stderr"] = "one draw: use num_particles >= 2 for a standard error"
             return per_draw.item(), math.nan, diagnostics
         stderr = per_draw.std() / math.sqrt(len(per_draw))
         return per_draw.mean().item(), stderr.item(), diagnostics

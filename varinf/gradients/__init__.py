@@ -5,19 +5,17 @@ from varinf.gradients.expectation import ExpectationLoss
 from varinf.gradients.pyro_loss import EstimatorELBO
 from varinf.gradients.relax import RELAX, mlp_control_variate
 from varinf.gradients.relaxed import GumbelSoftmax, StraightThrough
-from varinf.gradients.score import ScoreELBO, ScoreFunction
+from varinf.gradients.score import ScoreFunction
 from varinf.gradients.sum_and_sample import SumAndSample
 from varinf.gradients.unordered_set import UnorderedSet
-from varinf.gradients.vimco import VIMCO, VIMCOEstimator
+from varinf.gradients.vimco import VIMCOEstimator
 
 __all__ = [
     "RELAX",
-    "VIMCO",
     "EstimatorELBO",
     "ExpectationLoss",
     "GradientEstimator",
     "GumbelSoftmax",
-    "ScoreELBO",
     "ScoreFunction",
     "StraightThrough",
     "SumAndSample",

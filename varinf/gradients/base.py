@@ -48,7 +48,7 @@ class Surrogate:
 
 
 class GradientEstimator:
-    """Base class: ``surrogate(dist, f, num_samples, generator=None) -> Surrogate``.
+    """Base class: ``surrogate(dist, f, num_particles, generator=None) -> Surrogate``.
 
     ``dist`` is a `Categorical`,
     `OneHotCategorical` or `Bernoulli`,
@@ -61,22 +61,22 @@ class GradientEstimator:
     name: str = "estimator"
     #: Whether the estimator is unbiased for the gradient of $\mathbb{E}_q[f]$.
     unbiased: bool = True
-    min_samples: int = 1
+    min_particles: int = 1
 
     def surrogate(
         self,
         dist: Distribution,
         f: Callable[[torch.Tensor], torch.Tensor],
-        num_samples: int,
+        num_particles: int,
         generator: torch.Generator | None = None,
     ) -> Surrogate:
-        r"""Estimate $\mathbb{E}_q[f]$ and its gradient from ``num_samples`` evaluations of ``f``.
+        r"""Estimate $\mathbb{E}_q[f]$ and its gradient from ``num_particles`` evaluations of ``f``.
 
         Args:
             dist: The discrete distribution $q_\theta$ (see the class docstring), with
                 parameters that require grad.
             f: Samples ``(k, *batch_shape, *event_shape)`` to values ``(k, *batch_shape)``.
-            num_samples: $k$, the evaluations of ``f`` per batch element.
+            num_particles: $k$, the evaluations of ``f`` per batch element.
             generator: Source of the random numbers (on the parameters' device); the global
                 one when ``None``.
 
@@ -84,23 +84,23 @@ class GradientEstimator:
             A `Surrogate`: differentiate ``surrogate.sum()`` to get the estimator.
 
         Raises:
-            TypeError: ``dist`` of an unsupported family, ``f`` not callable, ``num_samples``
+            TypeError: ``dist`` of an unsupported family, ``f`` not callable, ``num_particles``
                 not an int.
-            ValueError: ``num_samples`` below the estimator's minimum.
+            ValueError: ``num_particles`` below the estimator's minimum.
         """
         if not callable(f):
             raise TypeError(f"f must be a callable from samples to values, got {type(f).__name__}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-            raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-        if num_samples < self.min_samples:
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int):
+            raise TypeError(f"num_particles must be an int, got {type(num_particles).__name__}")
+        if num_particles < self.min_particles:
             raise ValueError(
-                f"num_samples must be at least {self.min_samples} for {type(self).__name__}, "
-                f"got {num_samples}"
+                f"num_particles must be at least {self.min_particles} for {type(self).__name__}, "
+                f"got {num_particles}"
             )
-        return self._surrogate(CategoricalView(dist), f, num_samples, generator)
+        return self._surrogate(CategoricalView(dist), f, num_particles, generator)
 
     def _surrogate(
-        self, view: CategoricalView, f: Callable, num_samples: int, generator
+        self, view: CategoricalView, f: Callable, num_particles: int, generator
     ) -> Surrogate:
         raise NotImplementedError
 
@@ -138,13 +138,13 @@ class CategoricalView:
         self.num_factors = self.log_probs.shape[-2]
 
     # -- samples ---------------------------------------------------------------------------
-    def gumbel(self, num_samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    def gumbel(self, num_particles: int, generator: torch.Generator | None) -> torch.Tensor:
         """Standard Gumbel noise of shape ``(k, *batch_shape, m, n)``."""
-        return gumbel_like(self.log_probs.expand(num_samples, *self.log_probs.shape), generator)
+        return gumbel_like(self.log_probs.expand(num_particles, *self.log_probs.shape), generator)
 
-    def sample(self, num_samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    def sample(self, num_particles: int, generator: torch.Generator | None) -> torch.Tensor:
         """``k`` independent draws by the Gumbel-max trick: indices ``(k, *batch_shape, m)``."""
-        noise = self.gumbel(num_samples, generator)
+        noise = self.gumbel(num_particles, generator)
         return (self.log_probs.detach() + noise).argmax(-1)
 
     def log_prob(self, indices: torch.Tensor) -> torch.Tensor:

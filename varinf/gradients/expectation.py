@@ -41,14 +41,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO as PyroELBO
 from torch.distributions import Distribution
 
 from varinf.gradients.base import GradientEstimator, Surrogate
-from varinf.gradients.pyro_loss import _discrete_site
 from varinf.gradients.relax import RELAX
+from varinf.weights import capture_params, discrete_guide_site, log_density_given
 
 
 class ExpectationLoss(PyroELBO):
@@ -56,7 +55,7 @@ class ExpectationLoss(PyroELBO):
 
     Args:
         estimator: Any `GradientEstimator`, relaxed ones and `RELAX` included.
-        num_samples: $k$, the evaluations of $f$ per step (the cost read by
+        num_particles: $k$, the evaluations of $f$ per step (the cost read by
             ``varinf.gradient_variance``).
         vectorize: Evaluate the $k$ states in one model run (see the module docstring).
 
@@ -81,33 +80,33 @@ class ExpectationLoss(PyroELBO):
     """
 
     def __init__(
-        self, estimator: GradientEstimator, num_samples: int, *, vectorize: bool = True
+        self, estimator: GradientEstimator, num_particles: int, *, vectorize: bool = True
     ) -> None:
         if not isinstance(estimator, GradientEstimator):
             raise TypeError(
                 f"estimator must be a GradientEstimator, got {type(estimator).__name__}"
             )
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-            raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
-        if num_samples < estimator.min_samples:
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int):
+            raise TypeError(f"num_particles must be an int, got {type(num_particles).__name__}")
+        if num_particles < estimator.min_particles:
             raise ValueError(
-                f"num_samples must be at least {estimator.min_samples} for "
-                f"{type(estimator).__name__}, got {num_samples}"
+                f"num_particles must be at least {estimator.min_particles} for "
+                f"{type(estimator).__name__}, got {num_particles}"
             )
-        super().__init__(num_particles=num_samples)  # read as the cost by gradient_variance
+        super().__init__(num_particles=num_particles)  # read as the cost by gradient_variance
         self.estimator = estimator
-        self.num_samples = num_samples
+        self.num_particles = num_particles
         self.vectorize = vectorize
         self.name = f"expectation[{estimator.name}]"
 
     def surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Surrogate:
         r"""One estimate: value and surrogate of $\mathbb{E}_q[f]$ (scalars)."""
         try:
-            name, dist = _discrete_site(guide, args, kwargs)
+            name, dist = discrete_guide_site(guide, args, kwargs)
         except ValueError as error:
             raise ValueError(f"ExpectationLoss: {error}") from None
         f = _read_f(model, name, dist, args, kwargs, self.vectorize)
-        return self.estimator.surrogate(dist, f, self.num_samples)
+        return self.estimator.surrogate(dist, f, self.num_particles)
 
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         with torch.no_grad():
@@ -117,12 +116,13 @@ class ExpectationLoss(PyroELBO):
         return self.surrogate(model, guide, args, kwargs).surrogate
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as params:
+        with capture_params() as params:
             out = self.surrogate(model, guide, args, kwargs)
         if out.surrogate.requires_grad:
             if isinstance(self.estimator, RELAX):
                 # theta's gradient, and the variance gradient of the control variate's phi
-                self.estimator.backward(out.surrogate, _unconstrained(params.trace))
+                trainable = [p for p in params.values() if p.requires_grad]
+                self.estimator.backward(out.surrogate, trainable)
             else:
                 out.surrogate.backward()
         return out.value.item()
@@ -136,36 +136,13 @@ def _read_f(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """$f$ on states ``(k, *event)`` -> ``(k,)``: minus the model's log density given $b$."""
 
-    def not_b(site_name: str, site: dict) -> bool:
-        return site_name != name
-
     def f_once(states: torch.Tensor) -> torch.Tensor:
-        conditioned = poutine.condition(model, data={name: states})
-        trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
-        trace.compute_log_prob(site_filter=not_b)
-        total = torch.zeros(states.shape[: states.dim() - len(dist.event_shape)])
-        total = total.to(dtype=states.dtype, device=states.device)
-        for site_name, site in trace.nodes.items():
-            if site["type"] == "sample" and not_b(site_name, site):
-                total = total + _sum_to(site["log_prob"], total.dim())
-        return -total
+        batch_ndim = states.dim() - len(dist.event_shape)
+        values = {name: states}
+        return -log_density_given(
+            model, values, args, kwargs, batch_ndim=batch_ndim, exclude=frozenset({name})
+        )
 
     if vectorize:
         return f_once
     return lambda states: torch.cat([f_once(state.unsqueeze(0)) for state in states])
-
-
-def _sum_to(log_prob: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Sum all but the leftmost ``ndim`` dimensions (the stacked states)."""
-    extra = log_prob.dim() - ndim
-    return log_prob.sum(tuple(range(ndim, log_prob.dim()))) if extra > 0 else log_prob
-
-
-def _unconstrained(trace) -> list[torch.Tensor]:
-    params = []
-    for site in trace.nodes.values():
-        if site["type"] == "param":
-            param = site["value"].unconstrained()
-            if param.requires_grad and all(param is not p for p in params):
-                params.append(param)
-    return params

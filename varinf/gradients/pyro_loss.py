@@ -16,21 +16,20 @@ conditioned on it, a loop of $k$ traces rather than one vectorised run, because 
 choose their states (without replacement, or the most probable ones) outside the model.
 
 Relaxed estimators and RELAX need $f$ on relaxed samples, which a discrete model site cannot
-score; they are refused. For VIMCO use `varinf.gradients.VIMCO`, which is vectorised.
+score; they are refused. For VIMCO use ``varinf.IWAE(K, gradient="vimco")``, which is vectorised.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO as PyroELBO
-from torch.distributions import Distribution, Independent
 
 from varinf.gradients.base import GradientEstimator, Surrogate
 from varinf.gradients.relax import RELAX
 from varinf.gradients.relaxed import GumbelSoftmax
+from varinf.weights import discrete_guide_site, log_density_given
 
 
 class EstimatorELBO(PyroELBO):
@@ -39,13 +38,13 @@ class EstimatorELBO(PyroELBO):
     Args:
         estimator: A score-type estimator: `ScoreFunction`, `SumAndSample`, `UnorderedSet`
             (or `VIMCOEstimator`, which then estimates the IWAE bound).
-        num_samples: $k$, the states scored per step.
+        num_particles: $k$, the states scored per step.
 
     Loss is $-\hat{\mathcal{L}}$; ``loss_and_grads`` accumulates the estimator's gradient for the
     guide's and the model's parameters.
     """
 
-    def __init__(self, estimator: GradientEstimator, num_samples: int) -> None:
+    def __init__(self, estimator: GradientEstimator, num_particles: int) -> None:
         if not isinstance(estimator, GradientEstimator):
             raise TypeError(
                 f"estimator must be a GradientEstimator, got {type(estimator).__name__}"
@@ -55,25 +54,26 @@ class EstimatorELBO(PyroELBO):
                 f"estimator {estimator.name!r} evaluates f on relaxed samples, which a discrete "
                 "model site cannot score; use a score-type estimator"
             )
-        super().__init__(num_particles=num_samples)  # read as the cost by gradient_variance
+        super().__init__(num_particles=num_particles)  # read as the cost by gradient_variance
         self.estimator = estimator
-        self.num_samples = num_samples
+        self.num_particles = num_particles
         self.name = f"elbo[{estimator.name}]"
 
     def surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Surrogate:
         """One estimate: value and surrogate of $\\mathcal{L}$ (scalars)."""
-        name, dist = _discrete_site(guide, args, kwargs)
-        log_q = dist.log_prob
+        try:
+            name, dist = discrete_guide_site(guide, args, kwargs)
+        except ValueError as error:
+            raise ValueError(f"EstimatorELBO: {error}") from None
 
         def f(states: torch.Tensor) -> torch.Tensor:
             values = []
             for state in states:  # one conditioned model run per state
-                conditioned = poutine.condition(model, data={name: state})
-                trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
-                values.append(trace.log_prob_sum() - log_q(state))
+                log_p = log_density_given(model, {name: state}, args, kwargs)
+                values.append(log_p - dist.log_prob(state))
             return torch.stack(values)
 
-        return self.estimator.surrogate(dist, f, self.num_samples)
+        return self.estimator.surrogate(dist, f, self.num_particles)
 
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         with torch.no_grad():
@@ -90,26 +90,3 @@ class EstimatorELBO(PyroELBO):
 
     def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - Pyro's hook, unused
         raise NotImplementedError("EstimatorELBO traces the guide itself")
-
-
-def _discrete_site(guide: Callable, args: tuple, kwargs: dict) -> tuple[str, Distribution]:
-    """The guide's one latent site and its distribution as one joint variable."""
-    trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    latent = [
-        (name, site)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"]
-    ]
-    if len(latent) != 1 or latent[0][1]["fn"].has_rsample:
-        names = [name for name, _ in latent]
-        raise ValueError(
-            "EstimatorELBO needs a guide with exactly one latent site, discrete; got "
-            f"{names or 'none'} (use VIMCO or ScoreELBO for other guides)"
-        )
-    name, site = latent[0]
-    fn = site["fn"]
-    if isinstance(fn, Independent):
-        fn = Independent(fn.base_dist, fn.reinterpreted_batch_ndims + len(fn.batch_shape))
-    elif fn.batch_shape:
-        fn = Independent(fn, len(fn.batch_shape))
-    return name, fn

@@ -126,9 +126,9 @@ class RELAX(nn.Module, GradientEstimator):
         return value
 
     def _surrogate(
-        self, view: CategoricalView, f: Callable, num_samples: int, generator
+        self, view: CategoricalView, f: Callable, num_particles: int, generator
     ) -> Surrogate:
-        z = view.log_probs + view.gumbel(num_samples, generator)
+        z = view.log_probs + view.gumbel(num_particles, generator)
         hard = z.detach().argmax(-1)
         z_tilde = conditional_gumbel(view.log_probs, hard, generator)
         values = f(view.decode(hard))
@@ -139,7 +139,7 @@ class RELAX(nn.Module, GradientEstimator):
         signal = values.detach() - self.control_variate(view, f, z_tilde.detach())
         log_q = view.log_prob(hard)
         surrogate = values + signal * (log_q - log_q.detach()) + (difference - difference.detach())
-        return Surrogate(values.mean(0).detach(), surrogate.mean(0), num_samples)
+        return Surrogate(values.mean(0).detach(), surrogate.mean(0), num_particles)
 
     def backward(self, surrogate: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
         r"""Accumulate $\hat g$ (the gradient of ``surrogate.sum()``) into ``params``'

@@ -37,10 +37,10 @@ from varinf.gradients.base import CategoricalView, GradientEstimator, Surrogate
 
 
 def relaxed_sample(
-    view: CategoricalView, num_samples: int, temperature: float, generator
+    view: CategoricalView, num_particles: int, temperature: float, generator
 ) -> torch.Tensor:
     """Gumbel-softmax samples ``(k, *batch_shape, m, n)``, differentiable in the log-probs."""
-    logits = view.log_probs + view.gumbel(num_samples, generator)
+    logits = view.log_probs + view.gumbel(num_particles, generator)
     return torch.softmax(logits / temperature, -1)
 
 
@@ -94,12 +94,12 @@ class GumbelSoftmax(GradientEstimator):
         return float(self.temperature)
 
     def _surrogate(
-        self, view: CategoricalView, f: Callable, num_samples: int, generator
+        self, view: CategoricalView, f: Callable, num_particles: int, generator
     ) -> Surrogate:
-        soft = relaxed_sample(view, num_samples, self.current_temperature, generator)
+        soft = relaxed_sample(view, num_particles, self.current_temperature, generator)
         sample = straight_through(soft) if self.hard else soft
         values = f(view.decode_relaxed(sample))
-        return Surrogate(values.mean(0).detach(), values.mean(0), num_samples)
+        return Surrogate(values.mean(0).detach(), values.mean(0), num_particles)
 
 
 class StraightThrough(GumbelSoftmax):

@@ -17,20 +17,15 @@ unbiased for any baseline $b_i$ independent of $z_i$:
   Welling 2019, "Buy 4 REINFORCE samples, get a baseline for free!"), which needs
   $k \geq 2$.
 
-The Pyro loss with the leave-one-out baseline is `ScoreELBO`.
+The Pyro loss with the leave-one-out baseline is ``varinf.ELBO(K, gradient="score")``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from varinf.diagnostics import importance_diagnostics
-from varinf.estimators.elbo import elbo
-from varinf.estimators.objective import Objective, ParticleObjective
 from varinf.gradients.base import (
     CategoricalView,
     GradientEstimator,
@@ -38,7 +33,6 @@ from varinf.gradients.base import (
     leave_one_out_mean,
     score_term,
 )
-from varinf.weights import LogWeights
 
 BASELINES = (None, "moving-average", "leave-one-out")
 
@@ -72,18 +66,18 @@ class ScoreFunction(GradientEstimator):
             raise ValueError(f"decay must lie in [0, 1), got {decay!r}")
         self.baseline = baseline
         self.decay = decay
-        self.min_samples = 2 if baseline == "leave-one-out" else 1
+        self.min_particles = 2 if baseline == "leave-one-out" else 1
         self.name = "score" if baseline is None else f"score-{baseline}"
         self._average: torch.Tensor | None = None
 
     def _surrogate(
-        self, view: CategoricalView, f: Callable, num_samples: int, generator
+        self, view: CategoricalView, f: Callable, num_particles: int, generator
     ) -> Surrogate:
-        indices = view.sample(num_samples, generator)
+        indices = view.sample(num_particles, generator)
         values = f(view.decode(indices))
         signal = values.detach() - self._baseline(values.detach())
         surrogate = values + score_term(signal, view.log_prob(indices))
-        return Surrogate(values.mean(0).detach(), surrogate.mean(0), num_samples)
+        return Surrogate(values.mean(0).detach(), surrogate.mean(0), num_particles)
 
     def _baseline(self, values: torch.Tensor) -> torch.Tensor | float:
         if self.baseline == "leave-one-out":
@@ -100,47 +94,3 @@ class ScoreFunction(GradientEstimator):
     def reset(self) -> None:
         """Forget the moving average."""
         self._average = None
-
-
-class ScoreELBO(ParticleObjective):
-    r"""The ELBO with the leave-one-out score-function gradient for discrete guide sites.
-
-    With $K \geq 2$ particles per datum, value $\frac1K\sum_k \log w_k$ and gradient
-
-    $$
-    \frac1K \sum_k \Big[\nabla \log w_k + \Big(\log w_k - \frac1{K-1}\sum_{j\neq k}
-    \log w_j\Big) \nabla \log q(z_k)\Big],
-    $$
-
-    where the score term uses only the non-reparameterised (discrete) guide sites and
-    $\nabla\log w_k$ is taken at fixed $z_k$. Pyro's ``Trace_ELBO`` uses no
-    baseline here; the leave-one-out one (Kool et al. 2019) is free with $K \ge 2$. Prefer
-    `VIMCO` to train with the tighter multi-sample bound.
-
-    Args:
-        num_particles: $K \geq 2$.
-        **options: ``max_plate_nesting`` and ``seed``, see
-            `ParticleObjective`.
-    """
-
-    name = "score-elbo"
-    kind = "lower-bound"
-
-    def __init__(self, num_particles: int = 2, **options: Any) -> None:
-        super().__init__(num_particles, **options)
-        if num_particles < 2:
-            raise ValueError(f"num_particles must be at least 2 for ScoreELBO, got {num_particles}")
-
-    def objective(self, weights: LogWeights) -> Objective:
-        log_w = weights.log_weights
-        signal = log_w.detach() - leave_one_out_mean(log_w.detach())
-        score = score_term(signal, weights.log_q_score).mean(0).sum()
-        value = weights.datum_scale * elbo(log_w)
-        return Objective(value=value, surrogate=value + weights.datum_scale * score)
-
-    def summarize(self, weights: LogWeights) -> tuple[float, float, dict]:
-        log_w = weights.log_weights.reshape(weights.num_particles, -1)
-        per_particle = weights.datum_scale * log_w.sum(1)
-        stderr = per_particle.std() / math.sqrt(len(per_particle))
-        diagnostics = importance_diagnostics(weights.log_weights)
-        return per_particle.mean().item(), stderr.item(), diagnostics

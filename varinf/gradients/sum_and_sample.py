@@ -41,11 +41,11 @@ class SumAndSample(GradientEstimator):
     name = "sum-and-sample"
 
     def _surrogate(
-        self, view: CategoricalView, f: Callable, num_samples: int, generator
+        self, view: CategoricalView, f: Callable, num_particles: int, generator
     ) -> Surrogate:
         joint = view.joint_log_probs()  # (*B, S)
         num_states = joint.shape[-1]
-        num_summed = min(num_samples - 1, num_states)
+        num_summed = min(num_particles - 1, num_states)
         top = joint.detach().topk(num_summed, dim=-1).indices  # (*B, k-1)
         summed_log_q = joint.gather(-1, top)
         values = self._evaluate(view, f, top)

@@ -39,7 +39,7 @@ def exact_gradient(eta: float) -> float:
 def sample_gradients(
     estimator: GradientEstimator,
     eta: float,
-    num_samples: int,
+    num_particles: int,
     repeats: int,
     seed: int = 0,
     chunk: int = 5000,
@@ -50,7 +50,7 @@ def sample_gradients(
     for start in range(0, repeats, chunk):
         size = min(chunk, repeats - start)
         etas = torch.full((size,), eta, dtype=torch.float64, requires_grad=True)
-        out = estimator.surrogate(toy_dist(etas), f, num_samples, generator)
+        out = estimator.surrogate(toy_dist(etas), f, num_particles, generator)
         (grad,) = torch.autograd.grad(out.surrogate.sum(), etas)
         grads.append(grad)
     return torch.cat(grads)

@@ -180,7 +180,7 @@ class UnorderedSet(GradientEstimator):
     r"""The unordered set estimator, with the built-in baseline by default.
 
     Args:
-        baseline: Use the built-in baseline (then ``num_samples`` $\geq 2$).
+        baseline: Use the built-in baseline (then ``num_particles`` $\geq 2$).
         num_points: Trapezoid points for the set-probability integrals.
 
     The $k$ evaluations are distinct states, so with $k$ equal to the support size
@@ -210,14 +210,14 @@ class UnorderedSet(GradientEstimator):
         self.method = method
         self.baseline = bool(baseline)
         self.num_points = num_points
-        self.min_samples = 2 if self.baseline else 1
+        self.min_particles = 2 if self.baseline else 1
         self.name = "unordered-set" if self.baseline else "unordered-set-no-baseline"
 
     def _surrogate(
-        self, view: CategoricalView, f: Callable, num_samples: int, generator
+        self, view: CategoricalView, f: Callable, num_particles: int, generator
     ) -> Surrogate:
         num_states = view.num_categories**view.num_factors
-        k = min(num_samples, num_states)
+        k = min(num_particles, num_states)
         enumerate_ = self.method == "enumerate" or (
             self.method == "auto" and num_states <= MAX_JOINT_STATES
         )

@@ -17,21 +17,17 @@ $z_k$: each sample's learning signal is how much it raises $\hat L$ compared wit
 a stand-in, the geometric mean of the other weights. Unbiased for
 $\nabla_\theta\,\mathbb{E}[\hat L]$ for $K \ge 2$.
 
-`VIMCOEstimator` is the functional form (``f`` returns the log weights) and
-`VIMCO` the Pyro loss for guides with discrete sites.
+`VIMCOEstimator` is the functional form (``f`` returns the log weights); the Pyro loss is
+``varinf.IWAE(K, gradient="vimco")`` (also named ``varinf.VIMCO``), built on `vimco_surrogate`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from varinf.diagnostics import importance_diagnostics
-from varinf.estimators.elbo import iwae, iwae_stderr
-from varinf.estimators.objective import Objective, ParticleObjective
 from varinf.gradients.base import (
     CategoricalView,
     GradientEstimator,
@@ -39,7 +35,6 @@ from varinf.gradients.base import (
     leave_one_out_mean,
     score_term,
 )
-from varinf.weights import LogWeights
 
 
 def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -83,48 +78,12 @@ class VIMCOEstimator(GradientEstimator):
     """
 
     name = "vimco"
-    min_samples = 2
+    min_particles = 2
 
     def _surrogate(
-        self, view: CategoricalView, f: Callable, num_samples: int, generator
+        self, view: CategoricalView, f: Callable, num_particles: int, generator
     ) -> Surrogate:
-        indices = view.sample(num_samples, generator)
+        indices = view.sample(num_particles, generator)
         log_w = f(view.decode(indices))
         surrogate = vimco_surrogate(log_w, view.log_prob(indices))
-        return Surrogate(log_mean_exp(log_w.detach()), surrogate, num_samples)
-
-
-class VIMCO(ParticleObjective):
-    r"""The IWAE bound trained with VIMCO gradients for discrete guide sites (Pyro loss).
-
-    Value $\sum_i \log\frac1K\sum_k w_{ki}$ (per datum $i$ when the model has a
-    datum plate, see `varinf.weights`); the score terms use only the guide's
-    non-reparameterised sites, and reparameterised sites get the usual IWAE pathwise gradient.
-
-    Args:
-        num_particles: $K \geq 2$.
-        **options: ``max_plate_nesting`` and ``seed``, see
-            `ParticleObjective`.
-
-    Use with ``SVI(model, guide, optim, loss=VIMCO(num_particles=K))``.
-    """
-
-    name = "vimco"
-    kind = "lower-bound"
-
-    def __init__(self, num_particles: int = 5, **options: Any) -> None:
-        super().__init__(num_particles, **options)
-        if num_particles < 2:
-            raise ValueError(f"num_particles must be at least 2 for VIMCO, got {num_particles}")
-
-    def objective(self, weights: LogWeights) -> Objective:
-        log_w = weights.log_weights
-        surrogate = vimco_surrogate(log_w, weights.log_q_score).sum()
-        scale = weights.datum_scale
-        return Objective(value=scale * iwae(log_w), surrogate=scale * surrogate)
-
-    def summarize(self, weights: LogWeights) -> tuple[float, float, dict]:
-        log_w = weights.log_weights
-        value = weights.datum_scale * iwae(log_w)
-        stderr = weights.datum_scale * iwae_stderr(log_w)
-        return value.item(), stderr.item(), importance_diagnostics(log_w)
+        return Surrogate(log_mean_exp(log_w.detach()), surrogate, num_particles)
