@@ -21,6 +21,7 @@ from .errors import PhyloFormatError
 from .likelihood import log_likelihood
 from .substitution import GTR, HKY, JC69, K80, discrete_gamma_rates
 from .trees import read_trees
+from .vbpi_cli import add_vbpi_parser
 
 __all__ = ["add_parser", "run_loglik"]
 
@@ -47,6 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="discrete-Gamma shape alpha (default: no rate variation)")  # fmt: skip
     loglik.add_argument("--gamma-categories", type=int, default=4)
     loglik.set_defaults(func=run_loglik)
+    add_vbpi_parser(commands)
     return phylo
 
 

@@ -9,7 +9,7 @@ import pyro
 import pytest
 import torch
 
-from models.phylo import Alignment, phylo_model
+from models.phylo import Alignment, phylo_model, to_newick
 from varinf.distributions.sbn import SBNSupport
 from varinf.guides import VBPIGuide, VBPITrainer
 
@@ -39,12 +39,13 @@ def problem():
     gen = torch.Generator().manual_seed(0)
     tops = all_topologies(5)
     true = tops[6]
-    aln = Alignment.from_sequences([f"t{i}" for i in range(5)], simulate(true, [0.2] * 7, 400, gen))
-    return aln, tops, true
+    sequences = simulate(true, [0.2] * 7, 400, gen)
+    aln = Alignment.from_sequences([f"t{i}" for i in range(5)], sequences)
+    return aln, tops, true, sequences
 
 
 def make_trainer(problem, **kwargs):
-    aln, tops, true = problem
+    aln, tops, true, _ = problem
     guide = VBPIGuide(SBNSupport.from_trees(tops, taxa=aln.taxa), taxa=aln.taxa)
     options = dict(lr=0.02, warm_start=100, eval_every=50, progress=False, seed=1)
     options.update(kwargs)
@@ -91,7 +92,7 @@ def test_checkpoint_resume_and_corruption(problem, tmp_path):
 
 
 def test_checkpoint_of_another_support_is_refused(problem, tmp_path):
-    aln, tops, _ = problem
+    aln, tops, _, _ = problem
     trainer = make_trainer(problem)
     other = VBPIGuide(SBNSupport.from_trees(tops[:3]))
     state = trainer.state_dict()
@@ -100,7 +101,7 @@ def test_checkpoint_of_another_support_is_refused(problem, tmp_path):
 
 
 def test_guide_with_flow_samples_and_scores(problem):
-    aln, tops, _ = problem
+    aln, tops, _, _ = problem
     guide = VBPIGuide(SBNSupport.from_trees(tops), flow_layers=2, hidden=8)
     with pyro.plate("particles", 4, dim=-1):
         trace = pyro.poutine.trace(guide).get_trace()
@@ -113,7 +114,7 @@ def test_guide_with_flow_samples_and_scores(problem):
 
 
 def test_bad_input(problem):
-    aln, tops, _ = problem
+    aln, tops, _, _ = problem
     support = SBNSupport.from_trees(tops, taxa=aln.taxa)
     with pytest.raises(ValueError, match="taxa differ"):
         VBPIGuide(support, taxa=["t0", "t1", "t2", "t3", "x"])
@@ -125,3 +126,52 @@ def test_bad_input(problem):
         VBPITrainer(phylo_model(aln), lambda: None)
     with pytest.raises(ValueError, match="eval_every"):
         VBPITrainer(phylo_model(aln), VBPIGuide(support), eval_every=0)
+
+
+def write_problem(problem, folder):
+    aln, tops, true, sequences = problem
+    fasta = folder / "aln.fasta"
+    lines = [f">{t}\n{s}\n" for t, s in zip(aln.taxa, sequences, strict=True)]
+    fasta.write_text("".join(lines))
+
+    support = folder / "support.nwk"
+    support.write_text("".join(to_newick(t, taxa=aln.taxa) + "\n" for t in tops))
+    golden = folder / "golden.nwk"
+    golden.write_text(f"1.0\t{to_newick(true, taxa=aln.taxa)}\n")
+    return fasta, support, golden
+
+
+def test_cli_runs_and_reports(problem, tmp_path, capsys):
+    from varinf.cli import main
+
+    fasta, support, golden = write_problem(problem, tmp_path)
+    argv = ["phylo", "vbpi", "--alignment", str(fasta), "--support", str(support),
+            "--iterations", "20", "--eval-every", "10", "--is-particles", "20",
+            "--golden", str(golden), "--plots", str(tmp_path / "plots"), "--quiet",
+            "--checkpoint", str(tmp_path / "run.pt"), "--checkpoint-every", "10"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "marginal_likelihood" in out and "kl_golden_q" in out and "elbo" in out
+    assert (tmp_path / "plots" / "vbpi.png").exists() and (tmp_path / "run.pt").exists()
+    argv[argv.index("20")] = "30"  # resume and continue to 30 steps
+    assert main(argv) == 0
+    assert "iterations: 30" in capsys.readouterr().out
+
+
+def test_cli_bad_input(problem, tmp_path, capsys):
+    from varinf.cli import main
+
+    fasta, support, _ = write_problem(problem, tmp_path)
+    other = tmp_path / "other.nwk"
+    other.write_text("((a,b),(c,d),e);\n")
+    base = ["phylo", "vbpi", "--alignment", str(fasta), "--iterations", "5", "--quiet"]
+    assert main([*base, "--support", str(other)]) == 2
+    assert "not among the taxa" in capsys.readouterr().err
+    empty = tmp_path / "empty.nwk"
+    empty.write_text("")
+    assert main([*base, "--support", str(empty)]) == 2
+    assert "no trees" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    assert main([*base, "--support", str(support), "--checkpoint", str(bad)]) == 2
+    assert "unreadable" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from pyro.optim import Adam
 
 from varinf.estimators.elbo import IWAE, iwae, iwae_stderr
 from varinf.estimators.objective import Objective
-from varinf.gradients.vimco import VIMCO, vimco_surrogate
+from varinf.gradients.vimco import vimco_surrogate
 from varinf.guides.vbpi import VBPIGuide
 
 __all__ = ["AnnealedVIMCO", "VBPITrainer", "VBPIHistory", "tree_kl"]
@@ -38,8 +38,11 @@ CHECKPOINT_FORMAT = "varinf-vbpi-checkpoint-1"
 LOG_EPS = math.log(torch.finfo(torch.float64).eps)
 
 
-class AnnealedVIMCO(VIMCO):
-    r"""VIMCO on likelihood-annealed log weights; the value is the untempered IWAE bound.
+class AnnealedVIMCO(IWAE):
+    r"""``IWAE(K, gradient="vimco")`` on likelihood-annealed log weights.
+
+    The training weights are $\beta \log p(D\mid z) + \log p(z) - \log q(z)$; the value
+    reported is the untempered IWAE bound from the same particles.
 
     Args:
         num_particles: $K \ge 2$.
@@ -50,7 +53,7 @@ class AnnealedVIMCO(VIMCO):
     name = "annealed-vimco"
 
     def __init__(self, num_particles: int = 10, inverse_temperature: float = 1.0, **options):
-        super().__init__(num_particles, **options)
+        super().__init__(num_particles, gradient="vimco", **options)
         self.inverse_temperature = inverse_temperature
 
     def objective(self, weights) -> Objective:
@@ -208,10 +211,8 @@ class VBPITrainer:
         pooled log weights give $\mathrm{IWAE}_N$ (the IS estimate of $\log p(D)$) with its
         delta-method standard error, and the ELBO (mean log weight) with its standard error.
         """
-        logs = []
-        for start in range(0, num_particles, chunk):
-            k = min(chunk, num_particles - start)
-            logs.append(IWAE(num_particles=max(k, 1)).estimate(self.model, self.guide).log_weights)
+        with torch.no_grad():
+            logs = self._log_weights(num_particles, chunk)
         log_w = torch.cat(logs).to(torch.float64)
         return {
             "marginal_likelihood": float(iwae(log_w)),
@@ -220,6 +221,14 @@ class VBPITrainer:
             "elbo_stderr": float(log_w.std() / math.sqrt(log_w.numel())),
             "num_particles": int(log_w.numel()),
         }
+
+    def _log_weights(self, num_particles: int, chunk: int) -> list[torch.Tensor]:
+        logs = []
+        for start in range(0, num_particles, chunk):
+            k = min(chunk, num_particles - start)
+            estimator = IWAE(num_particles=max(k, 2), max_plate_nesting=0)
+            logs.append(estimator.estimate(self.model, self.guide).log_weights[:k])
+        return logs
 
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
