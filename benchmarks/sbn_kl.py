@@ -92,9 +92,9 @@ def main() -> None:
             for name, log_prob in estimators(trees, args.alpha):
                 sums[name] += kl(g_p, log_prob(g_tables)) / args.reps
         rows.append((ds, sums, time.perf_counter() - start))
-        print(
-            f"{ds}: {len(g_p)} golden topologies, {time.perf_counter() - start:.0f} s", flush=True
-        )
+        cells = " ".join(f"{m} {sums[m]:.4f}" for m in METHODS)
+        took = time.perf_counter() - start
+        print(f"{ds}: {len(g_p)} golden topologies, {took:.0f} s: {cells}", flush=True)
     print(f"\nKL(golden || estimate), mean over {args.reps} short runs; reference in brackets")
     print("| data | " + " | ".join(METHODS) + " |")
     print("|---" * (len(METHODS) + 1) + "|")

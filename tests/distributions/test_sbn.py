@@ -169,3 +169,22 @@ def test_ccd_and_srf_are_normalised():
     srf = sample_frequencies(tops[:30], w)
     assert torch.allclose(srf(tops[:30]).exp(), w / w.sum())
     assert torch.isneginf(srf(tops[30:])).all()
+
+
+def test_sa_equals_rooting_average():
+    # SA counts each PCSP once per tree; averaging over rootings gives the same conditionals
+    tops = all_topologies(6)
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(12, generator=g, dtype=torch.float64)
+    sa = fit_sbn(tops[:12], w, method="sa", outside="zero")
+    from varinf.distributions.sbn.fitting import _expected_counts, _index, _log_normalise
+
+    children, p, _ = unique_trees(tops[:12], w)
+    sup = sa.support_tables
+    indexed = _index(sup, children, p, 512)
+    zeros_r = torch.zeros(sup.num_root_splits, dtype=torch.float64)
+    zeros_e = torch.zeros(sup.num_entries, dtype=torch.float64)
+    root_c, entry_c, _ = _expected_counts(sup, indexed, zeros_r, zeros_e, average=True)
+    log_root, log_entry = _log_normalise(sup, root_c, entry_c)
+    assert torch.allclose(sa.root_log_probs, log_root)
+    assert torch.allclose(sa.pcsp_log_probs, log_entry)

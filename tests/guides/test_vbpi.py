@@ -175,3 +175,14 @@ def test_cli_bad_input(problem, tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert main([*base, "--support", str(support), "--checkpoint", str(bad)]) == 2
     assert "unreadable" in capsys.readouterr().err
+
+
+def test_example_runs(monkeypatch, capsys):
+    import runpy
+
+    root = Path(__file__).parents[2]
+    argv = ["vbpi_ds1.py", "--iterations", "4", "--is-particles", "4", "--no-golden"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(root / "examples" / "vbpi_ds1.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "marginal likelihood" in out and "ms per step" in out

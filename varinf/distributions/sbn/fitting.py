@@ -3,7 +3,11 @@ r"""Fitting tree-probability estimators to tree samples: SBN-SA, SBN-EM, SBN-EM-
 Zhang & Matsen (2018), Section 4. From weighted unrooted sample trees $\{(\tau_b, w_b)\}$:
 
 - **SBN-SA** (simple average) treats every rooting of a sample tree as observed with weight
-  $w_b/(2n-3)$ and takes relative frequencies of root splits and PCSPs.
+  $w_b/(2n-3)$ and takes relative frequencies of root splits and PCSPs. Counting a PCSP once
+  per rooting or once per tree gives the same conditionals (every PCSP of a context
+  $(Y, Z)$ occurs in the same number of rootings, those outside $Y \cup Z$); we count once
+  per tree, $\tilde m$, as the reference implementation (``zcrabbit/sbn``) does, which also
+  sets the prior mass of SBN-EM-$\alpha$ below.
 - **SBN-EM** maximises $\sum_b w_b \log q(\tau_b)$ by EM, the rooting being the latent
   variable: the E-step weighs each rooting by $p(k \mid \tau_b)$, the M-step takes the
   weighted relative frequencies. Started from SBN-SA, perturbed by a relative $10^{-3}$:
@@ -92,6 +96,21 @@ def _expected_counts(support, indexed, root_lp, entry_lp, average: bool):
     return root_counts, entry_counts, float(total.detach())
 
 
+def _presence_counts(support, indexed) -> tuple[Tensor, Tensor]:
+    """SA counts with each root split and PCSP of a tree counted once, weight $w/(2n-3)$."""
+    root = torch.zeros(support.num_root_splits, dtype=torch.float64)
+    entry = torch.zeros(support.num_entries, dtype=torch.float64)
+    for part in indexed:
+        rootings = part.terms.rootings
+        w = part.weight / rootings.numel()
+        idx = part.root[:, rootings]
+        root.index_add_(0, idx.flatten(), w[:, None].expand_as(idx).flatten())
+        valid = part.entry >= 0
+        wide = w[:, None, None].expand_as(part.entry)
+        entry.index_add_(0, part.entry[valid], wide[valid])
+    return root, entry
+
+
 def _context_sums(support: SBNSupport, entry_counts: Tensor) -> Tensor:
     return torch.zeros(support.num_contexts, dtype=entry_counts.dtype).index_add_(
         0, support.entry_context, entry_counts
@@ -160,9 +179,7 @@ def fit_sbn(
     children, w, taxa = unique_trees(trees, weights, taxa)
     support = SBNSupport.from_trees(children, taxa)
     indexed = _index(support, children, w, chunk)
-    zeros_r = torch.zeros(support.num_root_splits, dtype=torch.float64)
-    zeros_e = torch.zeros(support.num_entries, dtype=torch.float64)
-    sa_root, sa_entry, _ = _expected_counts(support, indexed, zeros_r, zeros_e, average=True)
+    sa_root, sa_entry = _presence_counts(support, indexed)
     log_root, log_entry = _log_normalise(support, sa_root, sa_entry)
     trace: list[float] = []
     if method != "sa":
