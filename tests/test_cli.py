@@ -126,3 +126,51 @@ def test_bad_option_values_exit_with_usage(capsys, argv):
         main(argv)
     assert exit_info.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+BROKEN_MODEL = """
+import pyro, pyro.distributions as dist
+
+def model():
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    raise KeyError("the data dictionary has no 'y'")
+
+def guide():
+    pyro.sample("mu", dist.Normal(0.0, 1.0))
+"""
+
+
+def test_an_error_in_the_users_model_is_one_line(tmp_path, capsys):
+    path = tmp_path / "broken.py"
+    path.write_text(BROKEN_MODEL)
+    argv = ["compare", f"{path}:model", "--guide", f"{path}:guide", "--repeats", "3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "KeyError" in err and "the data dictionary has no 'y'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_traceback_flag_shows_the_whole_error(tmp_path, monkeypatch, capsys):
+    import varinf.cli
+
+    def explode(args):
+        raise ZeroDivisionError("inside the user's likelihood")
+
+    monkeypatch.setattr(varinf.cli, "run_demo", explode)
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "ZeroDivisionError: inside the user's likelihood" in err and "--traceback" in err
+    with pytest.raises(ZeroDivisionError):
+        main(["--traceback", "demo"])
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-directory"])
+def test_an_unwritable_plot_path_fails_before_the_run(tmp_path, capsys, where):
+    path = tmp_path / "user.py"
+    path.write_text(USER_MODEL)
+    plot = tmp_path / "no" / "such" / "c.png" if where == "missing-folder" else tmp_path
+    # 10**6 repeats would take minutes: returning at once shows nothing ran
+    argv = ["compare", f"{path}:model", "--guide", f"{path}:guide", "--repeats", "1000000"]
+    assert main([*argv, "--plot", str(plot)]) == 2
+    err = capsys.readouterr().err
+    assert "--plot" in err and ("does not exist" in err or "is a directory" in err)

@@ -133,13 +133,23 @@ def test_a_failing_estimator_keeps_the_others_and_says_why():
         def _estimate(self, *args):
             raise FloatingPointError("the model log density is NaN")
 
-    result = compare(
-        [ELBO(3), Broken(3), NaiveMonteCarlo(100)], problem.model, guide, repeats=4, progress=False
-    )
+    with pytest.warns(RuntimeWarning, match="broken failed on 4 of 4 repeats"):
+        result = compare(
+            [ELBO(3), Broken(3), NaiveMonteCarlo(100)],
+            problem.model,
+            guide,
+            repeats=4,
+            progress=False,
+        )
     assert len(result.estimates["elbo"]) == 4
     assert len(result.estimates["naive-mc"]) == 4  # naive MC ignores the guide
     assert "NaN" in result.failures["broken"]
     assert "broken failed" in repr(result)
+    table = result.table
+    assert list(table.index) == ["elbo", "broken", "naive-mc"]  # the failed one keeps its row
+    assert table.loc["broken", "failed"] == 4 and table.loc["broken", "repeats"] == 0
+    assert np.isnan(table.loc["broken", "mean"])
+    assert table.loc["elbo", "failed"] == 0
     with pytest.raises(ValueError, match="every estimator failed"):
         compare([Broken(3)], problem.model, guide, repeats=2, progress=False)
 
@@ -153,3 +163,110 @@ def test_gradient_variance_counts_sumo_evaluations():
     # SUMO spends num_particles * (1 + E[J]) = 2 * 6.08 evaluations on average
     assert result.costs["iwae"] == 2
     assert 8 < result.costs["sumo"] < 20
+
+
+def test_a_repeat_that_fails_later_is_counted_and_named():
+    """Failures after a first success are counted per repeat, whatever the exception type
+    (a user's model may raise anything)."""
+    problem, guide = perturbed_conjugate()
+
+    class Flaky(IWAE):
+        name = "flaky"
+        calls = 0
+
+        def _estimate(self, *args):
+            Flaky.calls += 1
+            if Flaky.calls % 2 == 0:
+                raise KeyError("a site the user's model forgot")
+            return super()._estimate(*args)
+
+    with pytest.warns(RuntimeWarning, match=r"flaky failed on 3 of 6 repeats .*KeyError"):
+        result = compare([Flaky(3)], problem.model, guide, repeats=6, progress=False)
+    assert result.table.loc["flaky", "repeats"] == 3
+    assert result.table.loc["flaky", "failed"] == 3
+
+
+def test_labels_identify_estimators_that_share_a_name():
+    from varinf import RQMCELBO
+
+    problem, guide = perturbed_conjugate()
+    result = compare(
+        [ELBO(4), ELBO(4, sampler="rqmc"), SUMO(), SUMO(min_terms=3), IWAE(4), IWAE(4)],
+        problem.model,
+        guide,
+        repeats=2,
+        progress=False,
+    )
+    assert list(result.table.index) == [
+        "elbo(K=4)",
+        "elbo(K=4, sampler=rqmc)",
+        "sumo(K=1)",
+        "sumo(K=1, min_terms=3)",
+        "iwae(K=4)",
+        "iwae(K=4)#5",
+    ]
+    assert RQMCELBO(4).sampler == "rqmc"
+
+
+def test_printing_a_comparison_shows_every_column():
+    problem, guide = perturbed_conjugate()
+    result = compare(
+        [ELBO(3), IWAE(3)], problem.model, guide, repeats=3, truth=-28.0, progress=False
+    )
+    text = str(result)
+    header = text.splitlines()[1]
+    for column in result.table.columns:
+        assert column in header
+    assert "..." not in text
+
+
+def test_gradient_variance_prints_a_summary_not_tensors():
+    problem = ConjugateGaussian.example(num_data=4, dim=1)
+    problem.guide()
+    result = gradient_variance([ELBO(2)], problem.model, problem.guide, repeats=5, progress=False)
+    text = repr(result)
+    assert text.startswith("GradientVariance: 1 losses, repeats [5]")
+    assert "tensor(" not in text and "total_variance" in text
+
+
+def test_gradient_variance_in_a_process_pool_matches_serial():
+    from concurrent.futures import ProcessPoolExecutor
+
+    problem = ConjugateGaussian.example(num_data=4, dim=1)
+    problem.guide()
+    pyro.param("mean_loc").data.fill_(0.25)  # workers must see the caller's parameter values
+    serial = gradient_variance([ELBO(2)], problem.model, problem.guide, repeats=4, progress=False)
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        pooled = gradient_variance(
+            [ELBO(2)], problem.model, problem.guide, repeats=4, executor=pool, progress=False
+        )
+    for name, grads in serial.gradients["elbo"].items():
+        assert torch.equal(grads, pooled.gradients["elbo"][name])
+    with pytest.raises(TypeError, match="executor must be"):
+        gradient_variance([ELBO(2)], problem.model, problem.guide, executor="dask")
+
+
+@pytest.mark.slow
+def test_compare_on_a_local_dask_cluster_matches_serial():
+    """Two worker processes on this machine give the same table as the serial run."""
+    distributed = pytest.importorskip("distributed")
+    problem, guide = perturbed_conjugate()  # a closure: Dask pickles it with cloudpickle
+    estimators = [IWAE(4), ELBO(4), SUMO()]
+    serial = compare(estimators, problem.model, guide, repeats=6, seed=3, progress=False)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        pooled = compare(
+            estimators,
+            problem.model,
+            guide,
+            repeats=6,
+            seed=3,
+            executor=client.get_executor(),
+            progress=False,
+        )
+    columns = ["repeats", "failed", "mean", "std", "cost"]
+    assert serial.table[columns].equals(pooled.table[columns])

@@ -13,3 +13,23 @@ def test_phylo_evidence_example(monkeypatch, capsys):
     out = capsys.readouterr().out
     for name in ("elbo", "iwae", "sumo", "khat"):
         assert name in out
+
+
+def test_geco_vae_example(monkeypatch, capsys, tmp_path):
+    plot = tmp_path / "geco.png"
+    monkeypatch.setattr(sys, "argv", ["geco_vae.py", "--steps", "120", "--plot", str(plot)])
+    runpy.run_path(str(ROOT / "examples" / "geco_vae.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    for name in ("ELBO", "beta-VAE", "GECO", "final lambda", "reconstruction"):
+        assert name in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rqmc_logistic_regression_example(monkeypatch, capsys, tmp_path):
+    plot = tmp_path / "rqmc.png"
+    argv = ["rqmc_logistic_regression.py", "--steps", "50", "--plot", str(plot)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "examples" / "rqmc_logistic_regression.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "i.i.d. (N=8)" in out and "RQMC (N=8)" in out and "final ELBO" in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"

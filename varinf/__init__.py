@@ -6,13 +6,23 @@ Every estimator answers through one call, ``estimate(model, guide, *args, **kwar
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
 from varinf.estimate import Estimate, Estimator
-from varinf.estimators import ELBO, IWAE, RQMCELBO, SUMO, VIMCO, NaiveMonteCarlo, ScoreELBO
+from varinf.estimators import (
+    ELBO,
+    GECO,
+    IWAE,
+    RQMCELBO,
+    SUMO,
+    VIMCO,
+    NaiveMonteCarlo,
+    ScoreELBO,
+)
 from varinf.gradients import EstimatorELBO
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ELBO",
+    "GECO",
     "IWAE",
     "RQMCELBO",
     "SUMO",

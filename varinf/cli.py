@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
+
+from varinf.compare import format_table
 
 ESTIMATORS = ("elbo", "iwae", "sumo", "naive-mc")
 
@@ -29,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"varinf: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a user's model or data: one line, the whole with --traceback
+        if args.traceback:
+            raise
+        print(f"varinf: error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("varinf: run again with --traceback for the full traceback", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="torch intra-op threads (default 1: fastest and steadiest on small shared machines)",
+    )
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, print the full Python traceback instead of one line",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -137,7 +152,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"\n{title}\ntruth log Z = {problem.log_evidence:.4f}, {args.repeats} repeats "
             f"({time.perf_counter() - start:.1f} s)"
         )
-        print(result.table.to_string(float_format=lambda x: f"{x:.4g}"))
+        print(format_table(result.table))
         print(f"plot: {path}")
     return 0
 
@@ -166,6 +181,8 @@ def run_compare(args: argparse.Namespace) -> int:
         "sumo": lambda: SUMO(),
         "naive-mc": lambda: NaiveMonteCarlo(num_particles=args.particles),
     }
+    if args.plot is not None:
+        check_writable(args.plot, "--plot")
     estimators = [factories[name]() for name in args.estimators]
     needs_guide = [e.name for e in estimators if e.requires_guide]  # naive-mc ignores the guide
     if guide is None and needs_guide:
@@ -174,16 +191,34 @@ def run_compare(args: argparse.Namespace) -> int:
             "or use --estimators naive-mc"
         )
     try:
-        result = compare(
-            estimators, model, guide, repeats=args.repeats, truth=args.truth, seed=args.seed
-        )
+        with warnings.catch_warnings():  # failures are printed below, once
+            warnings.filterwarnings("ignore", message="compare: ", category=RuntimeWarning)
+            result = compare(
+                estimators, model, guide, repeats=args.repeats, truth=args.truth, seed=args.seed
+            )
     except (ValueError, FloatingPointError, TypeError) as error:
         raise UsageError(str(error)) from error
-    print(result.table.to_string(float_format=lambda x: f"{x:.4g}"))
+    print(format_table(result.table))
+    for label, reason in result.failures.items():
+        print(
+            f"varinf: {label} failed on {result.failed[label]} of {args.repeats} repeats: {reason}",
+            file=sys.stderr,
+        )
     if args.plot:
         result.plot(str(args.plot))
         print(f"plot: {args.plot}")
     return 0
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail before a long run, not after it, when an output file cannot be written."""
+    if path.is_dir():
+        raise UsageError(f"{what}: {path} is a directory; give a file name such as {path}/out.png")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{what}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{what}: {path} is not writable")
 
 
 def load_callable(spec: str, what: str):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyro
 import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
@@ -38,40 +39,46 @@ class Comparison:
         interrupted: Whether the run was stopped early (the finished repeats are kept).
         failures: ``{estimator label: first error}`` for estimators whose repeats failed; an
             estimator that fails on its first repeat is not retried.
+        failed: ``{estimator label: number of repeats without a result}`` (the table's
+            ``failed`` column; the repeats of an estimator not retried after failing on its
+            first repeat all count).
     """
 
     estimates: dict[str, list[Estimate]]
     truth: float | None = None
     interrupted: bool = False
     failures: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
 
     @property
     def table(self) -> pd.DataFrame:
-        """One row per estimator: repeats, kind, mean, std, sem, bias, rmse, cost, seconds,
-        work-normalised variance."""
-        rows = []
-        for label, estimates in self.estimates.items():
-            if not estimates:
-                continue
-            values = np.array([e.value for e in estimates])
-            cost = float(np.mean([e.num_evaluations for e in estimates]))
-            std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-            row = {
-                "estimator": label,
-                "kind": estimates[0].kind,
-                "repeats": len(values),
-                "mean": float(values.mean()),
-                "std": std,
-                "sem": std / math.sqrt(len(values)),
-                "cost": cost,
-                "seconds": float(np.mean([e.elapsed for e in estimates])),
-                "work_variance": std**2 * cost,
-            }
-            if self.truth is not None:
-                row["bias"] = row["mean"] - self.truth
-                row["rmse"] = float(np.sqrt(np.mean((values - self.truth) ** 2)))
-            rows.append(row)
+        """One row per estimator: repeats, failed repeats, kind, mean, std, sem, bias, rmse,
+        cost, seconds, work-normalised variance. An estimator whose every repeat failed keeps
+        its row, with ``nan`` statistics and its ``failed`` count."""
+        rows = [self._row(label, estimates) for label, estimates in self.estimates.items()]
         return pd.DataFrame(rows).set_index("estimator")
+
+    def _row(self, label: str, estimates: list[Estimate]) -> dict[str, Any]:
+        values = np.array([e.value for e in estimates], dtype=float)
+        n = len(values)
+        std = float(values.std(ddof=1)) if n > 1 else math.nan
+        cost = float(np.mean([e.num_evaluations for e in estimates])) if n else math.nan
+        row = {
+            "estimator": label,
+            "kind": estimates[0].kind if n else "",
+            "repeats": n,
+            "failed": self.failed.get(label, 0),
+            "mean": float(values.mean()) if n else math.nan,
+            "std": std,
+            "sem": std / math.sqrt(n) if n else math.nan,
+            "cost": cost,
+            "seconds": float(np.mean([e.elapsed for e in estimates])) if n else math.nan,
+            "work_variance": std**2 * cost,
+        }
+        if self.truth is not None:
+            row["bias"] = row["mean"] - self.truth
+            row["rmse"] = float(np.sqrt(np.mean((values - self.truth) ** 2))) if n else math.nan
+        return row
 
     def to_xarray(self):
         """``xarray.Dataset`` with ``value``, ``stderr``, ``cost`` and ``seconds`` over
@@ -120,12 +127,20 @@ class Comparison:
 
         return plot_comparison(self, path)
 
-    def __repr__(self) -> str:
+    def __str__(self) -> str:
+        """The whole table, every column shown (pandas would elide columns to fit a width)."""
         status = " (interrupted)" if self.interrupted else ""
-        text = f"Comparison{status}\n{self.table.to_string(float_format=lambda x: f'{x:.4g}')}"
+        text = f"Comparison{status}\n{format_table(self.table)}"
         for label, reason in self.failures.items():
-            text += f"\n{label} failed: {reason}"
+            text += f"\n{label} failed on {self.failed.get(label, 1)} repeat(s): {reason}"
         return text
+
+    __repr__ = __str__
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """A table as text with every row and column, 4 significant digits."""
+    return table.to_string(float_format=lambda x: f"{x:.4g}", max_cols=None, max_rows=None)
 
 
 def compare(
@@ -163,11 +178,7 @@ def compare(
         and ``interrupted`` is set.
     """
     _check_compare_args(estimators, repeats, truth)
-    if isinstance(executor, ThreadPoolExecutor):
-        raise ValueError(
-            "executor: Pyro's effect handlers are global to the process, so repeats cannot run "
-            "in threads; use a ProcessPoolExecutor (or Dask/Ray processes)"
-        )
+    _check_executor(executor)
     labels = _labels(estimators)
     comparison = Comparison({label: [] for label in labels}, truth=truth)
     jobs = [
@@ -202,7 +213,18 @@ def compare(
     finally:
         bar.close()
     if not any(comparison.estimates.values()):
-        raise ValueError(f"every estimator failed: {comparison.failures}")
+        reasons = set(comparison.failures.values())
+        if len(reasons) == 1:
+            raise ValueError(f"every estimator failed with the same error: {reasons.pop()}")
+        listed = "; ".join(f"{label}: {why}" for label, why in comparison.failures.items())
+        raise ValueError(f"every estimator failed: {listed}")
+    for label, reason in comparison.failures.items():
+        warnings.warn(
+            f"compare: {label} failed on {comparison.failed[label]} of {repeats} repeats "
+            f"(first error: {reason}); the table's 'failed' column counts them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return comparison
 
 
@@ -222,13 +244,33 @@ def _run_one(estimator, seed, model, guide, args, kwargs) -> Estimate:
 
 
 def _collect(comparison: Comparison, label: str, fn: Callable[[], Estimate]) -> None:
-    """Add one repeat, or record why it failed and go on: a failure keeps the rest."""
+    """Add one repeat, or record why it failed and go on: a failure keeps the rest.
+
+    Any exception from the model, guide or estimator is a failed repeat (a user's model may
+    raise anything); only ``KeyboardInterrupt`` and ``SystemExit`` stop the run.
+    """
     if label in comparison.failures and not comparison.estimates[label]:
-        return  # failed on its first repeat: a set-up problem, don't repeat it
+        # failed on its first repeat: a set-up problem; don't repeat it, count it failed
+        comparison.failed[label] += 1
+        return
     try:
         comparison.estimates[label].append(fn())
-    except (FloatingPointError, ValueError, TypeError, RuntimeError) as error:
+    except Exception as error:
         comparison.failures.setdefault(label, f"{type(error).__name__}: {error}")
+        comparison.failed[label] = comparison.failed.get(label, 0) + 1
+
+
+def _check_executor(executor) -> None:
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(
+            f"executor must be a concurrent.futures.Executor (a process pool, or Dask's "
+            f"client.get_executor()), got {type(executor).__name__}"
+        )
+    if isinstance(executor, ThreadPoolExecutor):
+        raise ValueError(
+            "executor: Pyro's effect handlers are global to the process, so repeats cannot run "
+            "in threads; use a ProcessPoolExecutor (or Dask/Ray processes)"
+        )
 
 
 def _check_compare_args(estimators, repeats, truth) -> None:
@@ -246,13 +288,19 @@ def _check_compare_args(estimators, repeats, truth) -> None:
 
 
 def _labels(estimators) -> list[str]:
+    """Unique labels that identify each estimator.
+
+    An estimator's ``name`` when no other shares it; otherwise its ``label``, which names the
+    constructor options that set it apart (``elbo(K=10)`` and ``elbo(K=10, sampler=rqmc)``,
+    ``sumo(K=1)`` and ``sumo(K=1, min_terms=10)``); an index is the last resort (two identical
+    estimators).
+    """
     names = [e.name for e in estimators]
     labels = []
     for i, estimator in enumerate(estimators):
         label = estimator.name
         if names.count(label) > 1:
-            k = getattr(estimator, "num_particles", None)
-            label = f"{label}(K={k})" if k is not None else f"{label}#{i}"
+            label = getattr(estimator, "label", None) or f"{label}#{i}"
         if label in labels:
             label = f"{label}#{i}"
         labels.append(label)
@@ -306,6 +354,15 @@ class GradientVariance:
             )
         return pd.DataFrame(rows).set_index("loss")
 
+    def __str__(self) -> str:
+        """The summary table, not the gradient tensors."""
+        repeats = {g.shape[0] for grads in self.gradients.values() for g in grads.values()}
+        status = " (interrupted)" if self.interrupted else ""
+        head = f"GradientVariance{status}: {len(self.gradients)} losses, repeats {sorted(repeats)}"
+        return f"{head}\n{format_table(self.table)}" if self.gradients else head
+
+    __repr__ = __str__
+
 
 def gradient_variance(
     losses: Sequence,
@@ -314,6 +371,7 @@ def gradient_variance(
     *args,
     repeats: int = 100,
     seed: int = 0,
+    executor: Executor | None = None,
     progress: bool = True,
     **kwargs,
 ) -> GradientVariance:
@@ -323,47 +381,78 @@ def gradient_variance(
     Each loss is anything with Pyro's ``loss_and_grads(model, guide, *args, **kwargs)``
     (varinf estimators, ``pyro.infer.Trace_ELBO``, ...). Parameters are those the model and
     guide touch in the param store; they are not changed (gradients are zeroed after each call).
+
+    Args:
+        losses: Pyro losses.
+        model, guide: Pyro callables, as for `pyro.infer.SVI`.
+        *args: Passed to model and guide.
+        repeats: Gradient draws per loss (at least 2).
+        seed: Draw ``r`` of loss ``i`` uses seed ``seed + i * 1000003 + r``, as in `compare`,
+            so a pooled run gives the same draws as a serial one.
+        executor: A `concurrent.futures.Executor` running processes (a process pool, Dask,
+            Ray); the param store's state is shipped with every job, and losses, model and
+            guide must be picklable. ``None`` runs in this process.
+        progress: Show a progress bar.
     """
     if not losses:
         raise ValueError("losses must be a non-empty list of Pyro losses")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
         raise ValueError(f"repeats must be an integer >= 2 for a variance, got {repeats!r}")
+    _check_executor(executor)
     labels = (
         _labels(losses)
         if all(isinstance(x, Estimator) for x in losses)
         else [getattr(loss, "name", type(loss).__name__) + f"#{i}" for i, loss in enumerate(losses)]
     )
-    gradients, costs = {}, {}
+    params = None if executor is None else pyro.get_param_store().get_state()
+    jobs = [
+        (label, loss, seed + i * SEED_STRIDE + r)
+        for i, (label, loss) in enumerate(zip(labels, losses, strict=True))
+        for r in range(repeats)
+    ]
+    draws: dict[str, list] = {label: [] for label in labels}
     bar = tqdm(
-        total=len(losses) * repeats,
-        disable=None if progress else True,
-        desc="gradients",
-        leave=False,
+        total=len(jobs), disable=None if progress else True, desc="gradients", leave=False,
         mininterval=0.5,
-    )
+    )  # fmt: skip
+    interrupted = False
     try:
-        for i, (label, loss) in enumerate(zip(labels, losses, strict=True)):
-            draws, spent = [], []
-            try:
-                for r in range(repeats):
-                    with seeded(seed + i * SEED_STRIDE + r):
-                        draws.append(_one_gradient(loss, model, guide, args, kwargs))
-                    # varinf losses record what they spent (SUMO's count is random)
-                    spent.append(getattr(loss, "last_num_evaluations", None))
-                    bar.update()
-            finally:
-                if len(draws) >= 2:  # keep what finished, even when interrupted
-                    gradients[label] = {n: torch.stack([d[n] for d in draws]) for n in draws[0]}
-                    known = [c for c in spent if c is not None]
-                    fallback = float(getattr(loss, "num_particles", 1))
-                    costs[label] = float(sum(known) / len(known)) if known else fallback
+        if executor is None:
+            for label, loss, job_seed in jobs:
+                draws[label].append(_gradient_job(loss, job_seed, model, guide, args, kwargs))
+                bar.update()
+        else:
+            futures = [
+                (label, executor.submit(_gradient_job, loss, s, model, guide, args, kwargs, params))
+                for label, loss, s in jobs
+            ]
+            for label, future in futures:
+                draws[label].append(future.result())
+                bar.update()
     except KeyboardInterrupt:
         interrupted = True
-    else:
-        interrupted = False
     finally:
         bar.close()
+    gradients, costs = {}, {}
+    for label, loss in zip(labels, losses, strict=True):
+        if len(draws[label]) >= 2:  # keep what finished, even when interrupted
+            grads = [g for g, _ in draws[label]]
+            gradients[label] = {n: torch.stack([g[n] for g in grads]) for n in grads[0]}
+            known = [c for _, c in draws[label] if c is not None]
+            fallback = float(getattr(loss, "num_particles", 1))
+            costs[label] = float(sum(known) / len(known)) if known else fallback
     return GradientVariance(gradients, costs, interrupted=interrupted)
+
+
+def _gradient_job(loss, seed, model, guide, args, kwargs, params=None):
+    """One gradient draw and what it cost; ``params`` restores the caller's param store in a
+    worker process."""
+    if params is not None:
+        pyro.get_param_store().set_state(params)
+    with seeded(seed):
+        grads = _one_gradient(loss, model, guide, args, kwargs)
+    # varinf losses record what they spent (SUMO's count is random)
+    return grads, getattr(loss, "last_num_evaluations", None)
 
 
 def _one_gradient(loss, model, guide, args, kwargs) -> dict[str, torch.Tensor]:

@@ -35,7 +35,8 @@ class Estimate:
         num_evaluations: Model log-density evaluations spent (the unit of cost).
         elapsed: Wall-clock seconds.
         log_weights: Per-sample log weights where the method has them, else ``None``.
-        diagnostics: Effective sample size, PSIS $\hat k$, ... as the method allows.
+        diagnostics: Effective sample size, PSIS $\hat k$, ... as the method allows; a
+            ``"warning"`` entry (e.g. SUMO's unreliable standard error) is also shown by the repr.
 
     Example:
         >>> Estimate(value=-1.8281, stderr=0.0009, kind="lower-bound", estimator="iwae",
@@ -58,9 +59,11 @@ class Estimate:
 
     def __repr__(self) -> str:
         digits = _digits_for(self.stderr)
+        warning = self.diagnostics.get("warning") if isinstance(self.diagnostics, Mapping) else None
         return (
             f"Estimate({self.estimator}: {self.value:.{digits}f} ± {self.stderr:.{digits}f}, "
-            f"{self.kind}, {self.num_evaluations} evals, {self.elapsed:.2f} s)"
+            f"{self.kind}, {self.num_evaluations} evals, {self.elapsed:.2f} s"
+            + (f"; warning: {warning})" if warning else ")")
         )
 
 

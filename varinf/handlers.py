@@ -25,7 +25,6 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample  # a plate's index site
-from torch.distributions import transforms
 
 MAX_SOBOL_DIMENSION = 21201  # torch's SobolEngine limit
 
@@ -113,11 +112,14 @@ class QuasiMonteCarloMessenger(Messenger):
     Args:
         num_particles: $K$, the size of the particle plate the guide runs in (the points are
             shared across that plate's dimension).
-        dimension: $D$, latent dimensions per particle (see `count_dimensions`).
+        dimension: $D$, uniforms per particle (see `count_dimensions`).
 
     Supported sites: any reparameterised distribution with an `icdf` (Normal, Uniform, Cauchy,
-    Laplace, ...), `MultivariateNormal`, and `TransformedDistribution` / `Independent` /
-    expanded versions of those.
+    Laplace, ...), `MultivariateNormal`, `LowRankMultivariateNormal`, `Independent`, and a
+    `TransformedDistribution` of any of these through any transforms: its base distribution is
+    driven by the points and the draw pushed through the transforms, so `AutoMultivariateNormal`,
+    `AutoLowRankMultivariateNormal`, `AutoIAFNormal` and flow guides work. A deterministic
+    `Delta` site (an autoguide's unpacking of its latent) takes no points.
     """
 
     def __init__(self, num_particles: int, dimension: int) -> None:
@@ -139,6 +141,8 @@ class QuasiMonteCarloMessenger(Messenger):
             return
         fn = msg["fn"]
         width = _site_dimension(fn, self.num_particles)
+        if width == 0:
+            return  # a Delta: its value is already determined
         if self.offset + width > self.points.shape[1]:
             raise ValueError(f"site {msg['name']!r} needs more RQMC dimensions than were counted")
         u = self.points[:, self.offset : self.offset + width]
@@ -148,18 +152,36 @@ class QuasiMonteCarloMessenger(Messenger):
 
 
 def _site_dimension(fn, num_particles: int) -> int:
+    """Uniforms one particle of this site needs."""
     shape = fn.batch_shape + fn.event_shape
-    total = math.prod(shape)
     if not shape or shape[0] != num_particles:
         raise ValueError(
             "RQMC needs every guide site inside the particle plate as its leftmost batch "
             f"dimension; got a site of shape {tuple(shape)}"
         )
-    return total // num_particles
+    return _num_uniforms(fn) // num_particles
+
+
+def _num_uniforms(fn) -> int:
+    """Uniforms a draw of ``fn`` takes: its base distribution's size, 0 for a Delta."""
+    if isinstance(fn, dist.Delta):
+        return 0
+    if isinstance(fn, dist.Independent | torch.distributions.Independent):
+        return _num_uniforms(fn.base_dist)
+    if isinstance(fn, torch.distributions.TransformedDistribution):
+        # the base may be smaller than the sample (e.g. a stick-breaking transform)
+        base = fn.base_dist
+        batch = math.prod(fn.batch_shape)
+        base_batch = max(math.prod(base.batch_shape), 1)
+        return _num_uniforms(base) * (batch // base_batch if batch > base_batch else 1)
+    if isinstance(fn, torch.distributions.LowRankMultivariateNormal):
+        rank = fn.cov_factor.shape[-1]
+        return math.prod(fn.batch_shape) * (rank + fn.event_shape[0])
+    return math.prod(fn.batch_shape + fn.event_shape)
 
 
 def count_dimensions(trace, num_particles: int) -> int:
-    """Latent dimensions per particle of a vectorised guide trace."""
+    """Uniforms per particle a vectorised guide trace needs."""
     return sum(
         _site_dimension(site["fn"], num_particles)
         for site in trace.nodes.values()
@@ -168,10 +190,10 @@ def count_dimensions(trace, num_particles: int) -> int:
 
 
 def quantile_sample(fn, u: torch.Tensor, name: str = "?") -> torch.Tensor:
-    """Map uniforms ``u`` of shape ``(K, D_site)`` to a sample of ``fn`` by inverse CDFs."""
-    shape = fn.batch_shape + fn.event_shape
+    """Map uniforms ``u`` of shape ``(K, D_site)`` to a sample of ``fn`` by inverse CDFs (of
+    its base distribution, pushed through its transforms)."""
     reference = _parameter(fn)
-    u = u.to(dtype=reference.dtype, device=reference.device).reshape(shape)
+    u = u.to(dtype=reference.dtype, device=reference.device)
     # Sobol points can be exactly 0, where inverse CDFs are infinite: keep them inside (0, 1)
     # by the resolution of the sample's own dtype.
     eps = torch.finfo(u.dtype).eps
@@ -179,33 +201,33 @@ def quantile_sample(fn, u: torch.Tensor, name: str = "?") -> torch.Tensor:
 
 
 def _quantile(fn, u, name):
+    """``u`` is ``(K, uniforms per particle)``; returns a draw of shape ``fn.shape()``."""
     if isinstance(fn, dist.Independent | torch.distributions.Independent):
         return _quantile(fn.base_dist, u, name)
+    if isinstance(fn, torch.distributions.LowRankMultivariateNormal):
+        rank = fn.cov_factor.shape[-1]
+        normal = torch.special.ndtri(u).reshape(*fn.batch_shape, rank + fn.event_shape[0])
+        low, diagonal = normal[..., :rank], normal[..., rank:]
+        factor = (fn.cov_factor @ low.unsqueeze(-1)).squeeze(-1)
+        return fn.loc + factor + fn.cov_diag.sqrt() * diagonal
     if isinstance(fn, dist.MultivariateNormal | torch.distributions.MultivariateNormal):
-        normal = torch.special.ndtri(u)
+        normal = torch.special.ndtri(u).reshape(fn.batch_shape + fn.event_shape)
         return fn.loc + (fn.scale_tril @ normal.unsqueeze(-1)).squeeze(-1)
     if isinstance(fn, torch.distributions.TransformedDistribution):
         value = _quantile(fn.base_dist, u, name)
+        # an exact base draw through any deterministic map is an exact draw of the result
         for transform in fn.transforms:
-            if not _is_monotone(transform):
-                raise ValueError(
-                    f"RQMC cannot sample site {name!r}: {transform} is not elementwise"
-                )
             value = transform(value)
-        return value
+        return value.expand(fn.batch_shape + fn.event_shape)
     if getattr(fn, "has_rsample", False):
         try:
-            return fn.icdf(u)
+            return fn.icdf(u.reshape(fn.batch_shape + fn.event_shape))
         except NotImplementedError:
             pass
     raise ValueError(
         f"RQMC cannot sample site {name!r}: {type(fn).__name__} has no reparameterised inverse "
         "CDF; use sampler='iid' for this guide"
     )
-
-
-def _is_monotone(transform) -> bool:
-    return transform.event_dim == 0 or isinstance(transform, transforms.IndependentTransform)
 
 
 def _parameter(fn) -> torch.Tensor:

@@ -28,33 +28,43 @@ from dataclasses import dataclass
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions import constraints
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 from torch.distributions import Distribution, Independent
 
 from varinf.handlers import QuasiMonteCarloMessenger, count_dimensions
+from varinf.site_checks import (
+    check_finite,
+    check_guide_matches_model,
+    check_values_in_support,
+    is_latent,
+)
 
 PARTICLE_PLATE = "varinf_particles"
 
 
 @dataclass(frozen=True)
 class LogWeights:
-    """Per-particle log densities from one vectorised (guide, model) run.
+    r"""Per-particle log densities from one vectorised (guide, model) run.
 
     Attributes:
-        log_p: $\\log p(x, z_k)$, shape ``(K, *datum_shape)``; equal to
+        log_p: $\log p(x, z_k)$, shape ``(K, *datum_shape)``; equal to
             ``log_likelihood + log_prior``.
-        log_q: $\\log q(z_k \\mid x)$, same shape.
-        log_likelihood: $\\log p(x \\mid z_k)$, the model's observed sample sites (including
+        log_q: $\log q(z_k \mid x)$, same shape.
+        log_likelihood: $\log p(x \mid z_k)$, the model's observed sample sites (including
             ``pyro.factor``, which Pyro records as an observed site), same shape.
-        log_prior: $\\log p(z_k)$, the model's latent sample sites, same shape. Like ``log_p``,
+        log_prior: $\log p(z_k)$, the model's latent sample sites, same shape. Like ``log_p``,
             both are left unscaled by the datum plate's subsampling (``datum_scale``).
         log_q_score: The part of ``log_q`` from non-reparameterised sites, same shape.
         model_trace, guide_trace: The Pyro traces (particle dimension included).
         datum_plate: Name of the plate the weights are split over, or ``None``.
         datum_scale: Subsampling scale of the datum plate (``size / subsample_size``), to be
             applied to per-datum bounds after the particles are averaged.
+        log_q_stopped: With ``stop_guide_params``: ``log_q`` in value, with a gradient w.r.t. the
+            guide's parameters through the samples only (DReG).
+        subsampled_plates: Subsampled plates other than the datum plate; their scale sits
+            inside each particle's weight, so only estimators linear in $\log w$ (the ELBO)
+            stay honest.
     """
 
     log_p: torch.Tensor
@@ -67,10 +77,11 @@ class LogWeights:
     datum_plate: str | None
     datum_scale: float
     log_q_stopped: torch.Tensor | None = None
+    subsampled_plates: tuple[str, ...] = ()
 
     @property
     def log_weights(self) -> torch.Tensor:
-        """$\\log w_k = \\log p(x, z_k) - \\log q(z_k \\mid x)$."""
+        r"""$\log w_k = \\log p(x, z_k) - \\log q(z_k \\mid x)$."""
         return self.log_p - self.log_q
 
     @property
@@ -131,83 +142,175 @@ def trace_log_weights(
     per_datum: bool = True,
     stop_guide_params: bool = False,
     sampler: str = "iid",
+    vectorize_particles: bool = True,
 ) -> LogWeights:
-    """Draw ``num_particles`` particles from ``guide`` (the prior if ``guide`` is None) in one
+    r"""Draw ``num_particles`` particles from ``guide`` (the prior if ``guide`` is None) in one
     vectorised run and return their log weights under ``model``.
+
+    Guide sites marked ``infer={"is_auxiliary": True}`` (every Pyro autoguide's
+    ``_unconstrained`` or ``_latent`` site) count in $\log q$ and are not matched against the
+    model, as in Pyro. Subsampled plates (``pyro.plate(..., subsample_size=B)``) draw one
+    minibatch per call, shared by all particles (and by the model, and DReG's second guide pass).
 
     Args:
         model: A Pyro model.
         guide: Its guide, or ``None`` to sample the model's prior.
         args: Positional arguments for model and guide.
         kwargs: Keyword arguments for model and guide.
-        num_particles: $K \\geq 1$.
+        num_particles: $K \geq 1$.
         max_plate_nesting: Deepest plate dimension used by model and guide; guessed by one
             unvectorised run when ``None``.
         per_datum: Split the weights over the datum plate when the model allows it.
         stop_guide_params: Also compute ``log_q_stopped``, the guide density of the same
-            samples with its parameters detached (the samples keep their gradient), as
-            doubly reparameterised gradients need.
+            samples whose gradient w.r.t. the guide's parameters flows only through the samples
+            (as doubly reparameterised gradients need), for ``pyro.param``, ``pyro.module`` and
+            ``PyroModule`` guides alike.
         sampler: ``"iid"`` draws independent particles; ``"rqmc"`` draws them from one
             scrambled Sobol point set through inverse CDFs (see `varinf.handlers`).
+        vectorize_particles: ``False`` runs guide and model once per particle, as Pyro's
+            default does, for models whose code does not broadcast over a particle dimension.
 
     Raises:
-        ValueError: ``num_particles < 1``, a guide that does not propose a latent site the
-            model samples, or a guide site the model does not have.
-        FloatingPointError: a NaN or infinite log density.
+        ValueError: ``num_particles < 1``, or a guide that does not match the model (see
+            `varinf.site_checks`).
+        FloatingPointError: a NaN or $+\infty$ log density ($-\infty$ in the model is a zero
+            weight, allowed).
+        RuntimeError: the model's or guide's code failed on the vectorised run (the message
+            suggests ``vectorize_particles=False``).
     """
     check_num_particles(num_particles)
+    check_sampler(sampler)
+    if sampler == "rqmc" and not vectorize_particles:
+        raise ValueError("sampler='rqmc' draws one joint point set: it needs vectorize_particles")
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
-    check_sampler(sampler)
-    guide_trace = None
-    if guide is not None:
-        vectorized = vectorize(guide, num_particles, max_plate_nesting)
-        if sampler == "rqmc":
-            vectorized = _quasi_monte_carlo(vectorized, num_particles, args, kwargs)
-        guide_trace = poutine.trace(vectorized).get_trace(*args, **kwargs)
-        model_fn = poutine.replay(model, trace=guide_trace)
+    run = _Run(model, guide, args, kwargs, max_plate_nesting, stop_guide_params)
+    if vectorize_particles:
+        runs = [run.traces(num_particles, sampler)]
     else:
-        model_fn = model
-    model_trace = poutine.trace(vectorize(model_fn, num_particles, max_plate_nesting)).get_trace(
-        *args, **kwargs
-    )
-    model_trace = prune_subsample_sites(model_trace)
-    if guide is not None:
-        guide_trace = prune_subsample_sites(guide_trace)
-        _check_supports_match(model_trace, guide_trace)
-        _check_values_in_support(model_trace)
-    else:  # prior sampling: the proposal is the model's own latent sites
-        guide_trace = _latent_subtrace(model_trace)
-    for trace in (model_trace, guide_trace):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                check_site_shape(site, max_plate_nesting + 1)
+        runs = [run.traces(None, sampler)]
+        minibatch = _subsample_subtrace(runs[0][0])  # the later particles reuse this minibatch
+        runs += [run.traces(None, sampler, minibatch) for _ in range(num_particles - 1)]
+    model_trace, guide_trace, _ = runs[0]
     frame = _datum_frame(model_trace, guide_trace) if per_datum else None
-    layout = _Layout(num_particles, max_plate_nesting + 1, frame, _device(model_trace))
-    log_likelihood, log_prior = layout.sum_model_sites(model_trace)
-    log_p = log_likelihood + log_prior
-    log_q, log_q_score = layout.sum_sites(guide_trace)
-    log_q_stopped = None
-    if stop_guide_params and guide is not None:
-        log_q_stopped = layout.sum_sites(
-            _stopped_guide_trace(guide, guide_trace, args, kwargs, num_particles, max_plate_nesting)
-        )[0]
-    if not torch.isfinite(log_p - log_q).all():  # one device sync in the common case
-        _check_finite(log_p, "model")
-        _check_finite(log_q, "guide")
+    size = num_particles if vectorize_particles else 1
+    layout = _Layout(size, max_plate_nesting + 1, frame, _device(model_trace))
+    terms = [layout.terms(*traces) for traces in runs]
+    terms = {
+        key: torch.cat([t[key] for t in terms]) if terms[0][key] is not None else None
+        for key in terms[0]
+    }
+    log_p = terms["log_likelihood"] + terms["log_prior"]
+    if not torch.isfinite(log_p - terms["log_q"]).all():  # one device sync in the common case
+        check_finite(log_p, terms["log_q"])
     return LogWeights(
         log_p=log_p,
-        log_q=log_q,
-        log_q_score=log_q_score,
-        log_likelihood=log_likelihood,
-        log_prior=log_prior,
+        log_q=terms["log_q"],
+        log_q_score=terms["log_q_score"],
+        log_likelihood=terms["log_likelihood"],
+        log_prior=terms["log_prior"],
         model_trace=model_trace,
         guide_trace=guide_trace,
         datum_plate=frame.name if frame is not None else None,
         datum_scale=layout.datum_scale,
-        log_q_stopped=log_q_stopped,
+        log_q_stopped=terms["log_q_stopped"],
+        subsampled_plates=_subsampled_plates(model_trace, frame),
     )
+
+
+class _Run:
+    """One (guide, model) run: traces with log densities, checked."""
+
+    def __init__(self, model, guide, args, kwargs, max_plate_nesting, stop_guide_params):
+        self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
+        self.max_plate_nesting = max_plate_nesting
+        self.stop_guide_params = stop_guide_params and guide is not None
+
+    def _wrap(self, fn, num_particles):
+        return fn if num_particles is None else vectorize(fn, num_particles, self.max_plate_nesting)
+
+    def _trace(self, fn, vectorised: bool):
+        if not vectorised:
+            return poutine.trace(fn).get_trace(*self.args, **self.kwargs)
+        try:
+            return poutine.trace(fn).get_trace(*self.args, **self.kwargs)
+        except (RuntimeError, IndexError) as error:
+            raise RuntimeError(
+                f"the model or guide failed on a run vectorised over particles ({error}); if "
+                "its code does not broadcast over a leftmost particle dimension, pass "
+                "vectorize_particles=False"
+            ) from error
+
+    def traces(self, num_particles, sampler, minibatch=None):
+        guide_trace = stopped = None
+        model, vectorised = self.model, num_particles is not None
+        if self.guide is not None:
+            guide = self.guide if minibatch is None else poutine.replay(self.guide, trace=minibatch)
+            guide = self._wrap(guide, num_particles)
+            if sampler == "rqmc":
+                guide = _quasi_monte_carlo(guide, num_particles, self.args, self.kwargs)
+            guide_trace = self._trace(guide, vectorised)
+            model = poutine.replay(model, trace=guide_trace)
+            if self.stop_guide_params:
+                replayed = poutine.replay(self.guide, trace=_detached(guide_trace))
+                stopped = self._trace(self._wrap(replayed, num_particles), vectorised)
+                stopped = prune_subsample_sites(stopped)
+        elif minibatch is not None:
+            model = poutine.replay(model, trace=minibatch)
+        model_trace = self._trace(self._wrap(model, num_particles), vectorised)
+        model_trace = prune_subsample_sites(model_trace)
+        if guide_trace is None:  # prior sampling: the proposal is the model's own latent sites
+            guide_trace = _latent_subtrace(model_trace)
+        else:
+            guide_trace = prune_subsample_sites(guide_trace)
+            check_guide_matches_model(model_trace, guide_trace)
+            check_values_in_support(model_trace)
+        rank = self.max_plate_nesting + (0 if num_particles is None else 1)
+        for trace in (model_trace, guide_trace) + ((stopped,) if stopped else ()):
+            _compute_log_prob(trace, rank)
+        return model_trace, guide_trace, stopped
+
+
+def _compute_log_prob(trace: poutine.Trace, rank: int) -> None:
+    trace.compute_log_prob()
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            check_site_shape(site, rank)
+
+
+def _detached(trace: poutine.Trace) -> poutine.Trace:
+    """A copy of ``trace`` whose sample values are detached (replaying it evaluates the guide's
+    densities at fixed points, so their gradient is the direct dependence on the parameters)."""
+    copy = trace.copy()
+    for name, site in copy.nodes.items():
+        if site["type"] == "sample" and torch.is_tensor(site["value"]):
+            copy.nodes[name] = {**site, "value": site["value"].detach()}  # the original's intact
+    return copy
+
+
+def _subsample_subtrace(trace: poutine.Trace) -> poutine.Trace:
+    """Only the plates' subsample sites of ``trace``, to replay the same minibatch."""
+    pruned = set(prune_subsample_sites(trace).nodes)
+    subtrace = trace.copy()
+    for name in list(subtrace.nodes):
+        if name in pruned:
+            subtrace.remove_node(name)
+    return subtrace
+
+
+def _subsampled_plates(trace: poutine.Trace, datum_frame) -> tuple[str, ...]:
+    """Plates subsampled (``size < full_size``) other than the datum plate: their $N/B$ scale
+    sits inside every particle's log weight."""
+    names = {
+        frame.name
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.full_size is not None and frame.size < frame.full_size
+    }
+    if datum_frame is not None:
+        names.discard(datum_frame.name)
+    return tuple(sorted(names))
 
 
 SAMPLERS = ("iid", "rqmc")
@@ -225,22 +328,6 @@ def _quasi_monte_carlo(vectorized_guide, num_particles, args, kwargs):
         trace = poutine.trace(vectorized_guide).get_trace(*args, **kwargs)
     dimension = count_dimensions(prune_subsample_sites(trace), num_particles)
     return QuasiMonteCarloMessenger(num_particles, dimension)(vectorized_guide)
-
-
-class _DetachParams(poutine.messenger.Messenger):
-    def _pyro_post_param(self, msg: dict) -> None:
-        msg["value"] = msg["value"].detach()
-
-
-def _stopped_guide_trace(guide, guide_trace, args, kwargs, num_particles, max_plate_nesting):
-    """Re-run the guide on its own samples with every parameter detached."""
-    replayed = poutine.replay(_DetachParams()(guide), trace=guide_trace)
-    trace = poutine.trace(vectorize(replayed, num_particles, max_plate_nesting)).get_trace(
-        *args, **kwargs
-    )
-    trace = prune_subsample_sites(trace)
-    trace.compute_log_prob()
-    return trace
 
 
 def check_num_particles(num_particles: int, name: str = "num_particles") -> int:
@@ -261,58 +348,6 @@ def _latent_subtrace(trace: poutine.Trace) -> poutine.Trace:
         if site["type"] == "sample" and site["is_observed"]:
             prior.remove_node(name)
     return prior
-
-
-def _latent_sites(trace: poutine.Trace) -> set[str]:
-    return {
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"]
-    }
-
-
-def _check_supports_match(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None:
-    model_latents = _latent_sites(model_trace)
-    guide_latents = _latent_sites(guide_trace)
-    missing = sorted(model_latents - guide_latents)
-    if missing:
-        raise ValueError(
-            f"the guide does not sample the model's latent site(s) {missing}; add them to the "
-            "guide (or observe them in the model)"
-        )
-    extra = sorted(guide_latents - set(model_trace.nodes))
-    if extra:
-        raise ValueError(f"the guide samples site(s) {extra} that the model does not have")
-    observed = sorted(guide_latents - model_latents)
-    if observed:
-        raise ValueError(
-            f"the guide samples site(s) {observed} that the model observes; remove them from "
-            "the guide (the model's observed value would silently replace the guide's sample)"
-        )
-
-
-def _check_values_in_support(model_trace: poutine.Trace) -> None:
-    """The guide's samples must lie in the support of the model's sites (checked always: with
-    Pyro's validation off, many log densities return finite nonsense outside the support)."""
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"]:
-            continue
-        support = site["fn"].support
-        if (
-            support is constraints.real
-            or isinstance(support, constraints.independent)
-            and (support.base_constraint is constraints.real)
-        ):
-            continue
-        inside = support.check(site["value"])
-        mask = site["mask"]
-        if mask is not None:  # masked-out elements do not count, as in Pyro
-            inside = inside | ~torch.as_tensor(mask, device=inside.device)
-        if not bool(inside.all()):
-            raise ValueError(
-                f"the guide proposes values outside the support ({support}) of the model's "
-                f"site {name!r}; transform the guide's samples into that support"
-            )
 
 
 def _datum_frame(model_trace: poutine.Trace, guide_trace: poutine.Trace):
@@ -345,6 +380,22 @@ class _Layout:
         self.datum_scale = 1.0 if frame is None else (frame.full_size or frame.size) / frame.size
         self.shape = (num_particles,) + (() if frame is None else (frame.size,))
         self.device = device
+
+    def terms(self, model_trace, guide_trace, stopped_trace) -> dict[str, torch.Tensor | None]:
+        """Every per-particle term of one run, shape ``self.shape``."""
+        log_likelihood, log_prior = self.sum_model_sites(model_trace)
+        log_q, log_q_score = self.sum_sites(guide_trace)
+        log_q_stopped = None
+        if stopped_trace is not None:  # log q at detached samples: the direct dependence on phi
+            direct = self.sum_sites(stopped_trace)[0]
+            log_q_stopped = log_q - direct + direct.detach()
+        return {
+            "log_likelihood": log_likelihood,
+            "log_prior": log_prior,
+            "log_q": log_q,
+            "log_q_score": log_q_score,
+            "log_q_stopped": log_q_stopped,
+        }
 
     def sum_sites(self, trace: poutine.Trace) -> tuple[torch.Tensor, torch.Tensor]:
         """Total log density of the trace and its non-reparameterised part, shape ``self.shape``,
@@ -394,15 +445,6 @@ def _device(trace: poutine.Trace) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_finite(log_density: torch.Tensor, which: str) -> None:
-    if not torch.isfinite(log_density).all():
-        bad = (~torch.isfinite(log_density)).sum().item()
-        raise FloatingPointError(
-            f"the {which} log density is NaN or infinite for {bad} of {log_density.numel()} "
-            f"particle terms; check the {which}'s distributions, supports and parameters"
-        )
-
-
 @contextlib.contextmanager
 def capture_params() -> Iterator[dict[str, torch.Tensor]]:
     """Collect the unconstrained tensors of every ``pyro.param`` read inside the block.
@@ -434,7 +476,7 @@ def discrete_guide_site(guide: Callable, args: tuple, kwargs: dict) -> tuple[str
         ValueError: the guide has no latent site, several, or a reparameterised one.
     """
     trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    latent = [(name, site) for name, site in trace.nodes.items() if _is_latent(site)]
+    latent = [(name, site) for name, site in trace.nodes.items() if is_latent(site)]
     if len(latent) != 1 or latent[0][1]["fn"].has_rsample:
         names = [name for name, _ in latent]
         raise ValueError(
@@ -477,7 +519,3 @@ def log_density_given(
                 log_prob = log_prob.sum(tuple(range(batch_ndim, log_prob.dim())))
             total = total + log_prob
     return total
-
-
-def _is_latent(site: dict) -> bool:
-    return site["type"] == "sample" and not site["is_observed"]

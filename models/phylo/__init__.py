@@ -7,6 +7,7 @@ See ``docs/phylo.md``. The public API::
 
 from .alignment import Alignment, read_alignment
 from .errors import PhyloFormatError
+from .hessian import log_likelihood_hessian
 from .likelihood import log_likelihood, pruning_log_likelihood
 from .model import UniformTopology, phylo_model
 from .substitution import GTR, HKY, JC69, K80, SubstitutionModel, discrete_gamma_rates, get_model
@@ -19,6 +20,7 @@ __all__ = [
     "PhyloFormatError",
     "log_likelihood",
     "pruning_log_likelihood",
+    "log_likelihood_hessian",
     "UniformTopology",
     "phylo_model",
     "SubstitutionModel",

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .alignment import Alignment
 from .pruning import Pruning
-from .substitution import SubstitutionModel, get_model
+from .substitution import SubstitutionModel, get_model, transition_matrices
 
 __all__ = ["pruning_log_likelihood", "log_likelihood"]
 
@@ -55,6 +55,7 @@ def pruning_log_likelihood(
     category_weights: Tensor | None = None,
     rescale_every: int = 4,
     optimistic: bool = True,
+    per_pattern: bool = False,
 ) -> Tensor:
     r"""Log-likelihood of site patterns on a batch of trees, from transition matrices.
 
@@ -72,9 +73,12 @@ def pruning_log_likelihood(
         optimistic: first try a pass without any rescaling, kept when every pattern's
             likelihood exceeds 1e-290 (then no partial can have underflowed); otherwise the
             rescaled pass above runs. Cheaper on trees of up to a few hundred taxa.
+        per_pattern: return the weighted per-pattern terms ``(..., P)``,
+            $n_p \log L_p$, whose sum over the last dimension is the log-likelihood.
 
     Returns:
-        ``(...)`` log-likelihoods, the batch shapes of all arguments broadcast together.
+        ``(...)`` log-likelihoods, the batch shapes of all arguments broadcast together
+        (``(..., P)`` with ``per_pattern``).
         Differentiable in ``trans``, ``freqs`` and ``category_weights``.
     """
     n = tips.shape[0]
@@ -100,10 +104,9 @@ def pruning_log_likelihood(
     tips = tips.to(trans)
     weights = weights.to(trans)
     if children.dim() == 2:
-        out = Pruning.apply(
-            flat_trans, flat_freqs, flat_cat, tips, weights, children, rescale_every, optimistic
-        )
-        return out.reshape(batch)
+        out = Pruning.apply(flat_trans, flat_freqs, flat_cat, tips, weights, children,
+                            rescale_every, optimistic, per_pattern)  # fmt: skip
+        return out.reshape(batch + out.shape[1:])
     # different topologies: chunks bound the memory of the node-major buffers
     chunks = [
         Pruning.apply(
@@ -115,10 +118,12 @@ def pruning_log_likelihood(
             children[i : i + _CHUNK],
             rescale_every,
             optimistic,
+            per_pattern,
         )  # fmt: skip
         for i in range(0, n_batch, _CHUNK)
     ]
-    return torch.cat(chunks).reshape(batch)
+    out = torch.cat(chunks)
+    return out.reshape(batch + out.shape[1:])
 
 
 def log_likelihood(
@@ -155,11 +160,7 @@ def log_likelihood(
     if params is None:
         params = model.params
     tips = alignment.partials(dtype=lengths.dtype, device=lengths.device).mT.contiguous()
-    if rates is None:
-        rates = lengths.new_ones(1)
-    rates = rates.to(lengths)
-    t = lengths[..., :, None] * rates[..., None, :]
-    trans = model.transition_matrices(params, t.flatten(-2)).unflatten(-3, t.shape[-2:])
+    trans = transition_matrices(model, params, lengths, rates)
     freqs = model.frequencies(params).to(lengths)
     weights = alignment.weights.to(lengths)
     return pruning_log_likelihood(tips, weights, children.to(lengths.device), trans, freqs)

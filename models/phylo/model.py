@@ -26,7 +26,7 @@ from torch.distributions import Distribution
 from .alignment import Alignment
 from .errors import PhyloFormatError
 from .likelihood import pruning_log_likelihood
-from .substitution import SubstitutionModel, discrete_gamma_rates, get_model
+from .substitution import SubstitutionModel, discrete_gamma_rates, get_model, transition_matrices
 from .topology import UniformTopology, topology_constraint
 from .trees import Tree
 
@@ -41,6 +41,7 @@ def phylo_model(
     gamma_shape: float | Tensor | Distribution | None = None,
     gamma_categories: int = 4,
     rescale_every: int = 4,
+    per_site: bool = False,
 ) -> Callable[[], Tensor]:
     r"""A Pyro model of an alignment evolving along a tree.
 
@@ -62,9 +63,17 @@ def phylo_model(
         gamma_shape: discrete-Gamma shape (fixed or a prior); ``None`` for no rate variation.
         gamma_categories: number of Gamma categories.
         rescale_every: see `pruning_log_likelihood`.
+        per_site: put the likelihood as one term per site pattern,
+            ``with pyro.plate("patterns", P, dim=-1): pyro.factor("alignment", terms)`` with
+            ``terms`` $= n_p \log L_p$ (the pattern count times the pattern's
+            log-likelihood), for per-datum estimators (CPO, pointwise predictive densities).
+            Particle and chain plates then go at ``dim=-2`` or further left. Default: one
+            ``pyro.factor("alignment", log_likelihood)``.
 
     Returns:
-        The model, a callable without arguments that returns the log-likelihood.
+        The model, a callable without arguments that returns the log-likelihood. Its
+        attribute ``model.site_weights`` holds the pattern counts $n_p$, shape ``(P,)``
+        (divide the per-pattern terms by them for per-site log-likelihoods).
 
     Example:
         >>> aln = Alignment.from_sequences(["a", "b", "c", "d"], ["ACGT", "ACGA", "TCGA", "TCGG"])
@@ -94,20 +103,37 @@ def phylo_model(
         shape = gamma_shape
         if isinstance(shape, Distribution):
             shape = pyro.sample("gamma_shape", shape)
-        rates = lengths.new_ones(1)
-        if shape is not None:
-            rates = discrete_gamma_rates(shape, gamma_categories).to(lengths)
-        t = lengths[..., :, None] * rates[..., None, :]
-        trans = model_sub.transition_matrices(params, t.flatten(-2)).unflatten(-3, t.shape[-2:])
+        rates = None if shape is None else discrete_gamma_rates(shape, gamma_categories)
+        trans = transition_matrices(model_sub, params, lengths, rates)
         freqs = model_sub.frequencies(params).to(lengths)
         loglik = pruning_log_likelihood(
             tips.to(lengths.device), weights.to(lengths.device), tau.to(lengths.device),
-            trans, freqs, rescale_every=rescale_every,
+            trans, freqs, rescale_every=rescale_every, per_pattern=per_site,
         )  # fmt: skip
-        pyro.factor("alignment", loglik)
-        return loglik
+        if not per_site:
+            pyro.factor("alignment", loglik)
+            return loglik
+        terms = _drop_pattern_dim(loglik)
+        with pyro.plate("patterns", weights.shape[0], dim=-1):
+            pyro.factor("alignment", terms)
+        return loglik.sum(-1)  # the latents' batch shape, as without per_site
 
+    model.site_weights = weights
     return model
+
+
+def _drop_pattern_dim(terms: Tensor) -> Tensor:
+    """`(*batch, 1, P)` per-pattern terms as `(*batch, P)`: the batch's last dimension is the
+    one the patterns plate takes (particle and chain plates sit to its left)."""
+    if terms.dim() == 1:
+        return terms
+    if terms.shape[-2] != 1:
+        raise ValueError(
+            "phylo_model(per_site=True) declares pyro.plate('patterns', dim=-1): put particle "
+            f"and chain plates at dim=-2 or further left (got batch shape "
+            f"{tuple(terms.shape[:-1])}, whose last dimension is not 1)"
+        )
+    return terms.squeeze(-2)
 
 
 def _fixed_topology(topology, alignment: Alignment) -> Tensor | None:

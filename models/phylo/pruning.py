@@ -29,7 +29,6 @@ import functools
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .clade_patterns import batch_plan_for, plan_for
 from .repeats import (
@@ -54,13 +53,13 @@ def _rescale_(x: Tensor) -> Tensor:
     return s[:, 0, 0]
 
 
-def _finish(lik: Tensor, scales: list[Tensor], weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Log-likelihoods from scaled pattern likelihoods and factors; the smallest value seen."""
+def _finish(lik: Tensor, scales: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-pattern log-likelihoods ``(N, P)`` from scaled pattern likelihoods and factors; the
+    smallest value seen."""
     if not scales:  # unscaled pass
-        return (lik.log() * weights).sum(-1), lik.min()
+        return lik.log(), lik.min()
     scales = torch.stack(scales)
-    out = ((lik.log() + scales.log().sum(0)) * weights).sum(-1)
-    return out, torch.minimum(scales.min(), lik.min())
+    return lik.log() + scales.log().sum(0), torch.minimum(scales.min(), lik.min())
 
 
 def _passes(every: int) -> list[int]:
@@ -131,18 +130,21 @@ def _forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low):
             torch.matmul(upper[j], part, out=msgs[j])
     site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, P)
     lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
-    out, smallest = _finish(lik, scales, weights)
-    return out, (pairs, factor), lik, smallest
+    logl, smallest = _finish(lik, scales)
+    return logl, (pairs, factor), lik, smallest
 
 
 class Pruning(torch.autograd.Function):
     """Log-likelihoods ``(N,)`` with analytic gradients for transition matrices, frequencies
     and category weights; ``apply(trans, freqs, cat_w, tips, weights, children, every,
-    optimistic)`` with the shapes of the module docstring (``optimistic``: unscaled pass first).
-    Differentiable once (no Hessians)."""
+    optimistic, per_pattern)`` with the shapes of the module docstring (``optimistic``:
+    unscaled pass first; ``per_pattern``: return the terms ``(N, P)``). Twice differentiable:
+    the first derivative is the analytic pre-order pass; under ``create_graph=True`` the
+    backward is autograd through `models.phylo.hessian.differentiable_pruning`."""
 
     @staticmethod
-    def forward(ctx, trans, freqs, cat_w, tips, weights, children, every, optimistic):
+    def forward(ctx, trans, freqs, cat_w, tips, weights, children, every, optimistic,
+                per_pattern=False):  # fmt: skip
         n_batch, _, n_cat = trans.shape[:3]
         n, n_pat = tips.shape[0], tips.shape[2]
         eye = torch.eye(4, dtype=trans.dtype, device=trans.device)
@@ -152,6 +154,7 @@ class Pruning(torch.autograd.Function):
         sched = _Schedule(children, n_batch)
         keep = any(ctx.needs_input_grad[:3])
         ctx.repeats, periods = False, _passes(every)
+        ctx.per_pattern, pattern_w, root_ids = per_pattern, weights, None
         if optimistic:  # unscaled, over distinct clade patterns only, when they pay
             result = None
             if sched.shared:
@@ -162,14 +165,14 @@ class Pruning(torch.autograd.Function):
             if result is None:  # unscaled over every site pattern first
                 periods = [0, *periods]
             else:
-                out, state, lik, root, root_w, smallest = result
+                logl, state, lik, root, root_w, smallest = result
                 ctx.repeats = _accept(0, smallest)
                 if ctx.repeats:
-                    weights = root_w
+                    weights, root_ids = root_w, state[0].root_ids
         if not ctx.repeats and sched.shared:  # rescaled, every site pattern
             args = (trans_n, tips, sched.rows, freqs, cat_w, weights)
             for period in periods:
-                out, state, lik, smallest = _forward_shared(*args, period, keep)
+                logl, state, lik, smallest = _forward_shared(*args, period, keep)
                 if _accept(period, smallest):
                     break
             root = state[1][2 * n - 2] if keep else None
@@ -177,22 +180,31 @@ class Pruning(torch.autograd.Function):
             low = trans.new_empty(n - 1 if keep else 1, n_batch, n_cat, 4, n_pat)
             args = (trans_n, tips, sched, freqs, cat_w, weights)
             for period in periods:
-                out, state, lik, smallest = _forward_batched(*args, period, low)
+                logl, state, lik, smallest = _forward_batched(*args, period, low)
                 if _accept(period, smallest):
                     break
             state = (state[0], low, state[1])
             root = low[n - 2] if keep else None
         if keep:
-            ctx.save_for_backward(trans_n, freqs, cat_w, tips, weights, lik, root)
+            ctx.save_for_backward(trans_n, freqs, cat_w, tips, weights, lik, root, trans)
             ctx.sched, ctx.state = sched, state
-        return out
+            ctx.pattern_w, ctx.root_ids = pattern_w, root_ids
+        if per_pattern:  # n_p log L_p (N, P)
+            return (logl if root_ids is None else logl[:, root_ids]) * pattern_w
+        return (logl * weights).sum(-1)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
-        trans_n, freqs, cat_w, tips, weights, lik, root = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative will be taken
+            return _differentiable_backward(ctx, grad)
+        trans_n, freqs, cat_w, tips, weights, lik, root, _ = ctx.saved_tensors
         sched = ctx.sched
-        coef = grad[:, None] * weights  # d out / d log L_p
+        if ctx.per_pattern:  # d out / d log L_p, summed onto the root's columns
+            coef = grad * ctx.pattern_w
+            if ctx.root_ids is not None:
+                coef = coef.new_zeros(lik.shape).index_add_(1, ctx.root_ids, coef)
+        else:
+            coef = grad[:, None] * weights  # d out / d log L_p
         root_coef = (coef / lik)[:, None, None, :]
         grad_freqs = (root * root_coef * cat_w[:, :, None, None]).sum((1, 3))
         grad_cat = (root * root_coef * freqs[:, None, :, None]).sum((2, 3))
@@ -205,7 +217,23 @@ class Pruning(torch.autograd.Function):
             grad_trans = _backward_shared(sched.rows, trans_n, tips, *ctx.state, g_root * root_coef)
         else:
             grad_trans = _backward_batched(sched, trans_n, tips, *ctx.state, g_root * root_coef)
-        return grad_trans, grad_freqs, grad_cat, None, None, None, None, None
+        return grad_trans, grad_freqs, grad_cat, None, None, None, None, None, None
+
+
+def _differentiable_backward(ctx, grad):
+    """The gradient as a differentiable function of the inputs (and of ``grad``): autograd
+    through `models.phylo.hessian.differentiable_pruning`, for second derivatives."""
+    from .hessian import differentiable_pruning
+
+    _, freqs, cat_w, tips, _, _, _, trans = ctx.saved_tensors
+    inputs = (trans, freqs, cat_w)
+    wanted = [x for x, need in zip(inputs, ctx.needs_input_grad[:3], strict=True) if need]
+    with torch.enable_grad():
+        out = differentiable_pruning(tips, ctx.pattern_w, ctx.sched.children, trans, freqs,
+                                     cat_w, ctx.per_pattern)  # fmt: skip
+    found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True, allow_unused=True))
+    grads = [next(found) if need else None for need in ctx.needs_input_grad[:3]]
+    return (*grads, None, None, None, None, None, None)
 
 
 def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
@@ -235,8 +263,8 @@ def _forward_shared(trans_n, tips, rows, freqs, cat_w, weights, every, keep):
         low[n + j] = part
     site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, P)
     lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, P)
-    out, smallest = _finish(lik, scales, weights)
-    return out, (msg, low, factor), lik, smallest
+    logl, smallest = _finish(lik, scales)
+    return logl, (msg, low, factor), lik, smallest
 
 
 def _backward_shared(rows, trans_n, tips, msg, low, factor, g):

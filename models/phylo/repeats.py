@@ -38,8 +38,9 @@ def _take(x: Tensor, index: Tensor | None) -> Tensor:
 
 def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
     """Unscaled pruning over distinct clade patterns; returns what `Pruning` needs: the
-    log-likelihoods, the state for `backward_repeats`, the root's pattern likelihoods
-    ``(N, K_root)``, the root partials, the root's pattern weights and the smallest likelihood."""
+    log-likelihoods of the root's patterns ``(N, K_root)``, the state for
+    `backward_repeats`, the root's pattern likelihoods ``(N, K_root)``, the root partials,
+    the root's pattern weights and the smallest likelihood."""
     n = len(plan.tips)
     shape = trans_n.shape[1:3]
     low, pairs = {}, []
@@ -59,8 +60,7 @@ def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
     site = (freqs[:, None, None, :] @ part)[:, :, 0]  # (N, C, K_root)
     lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, K_root)
     root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    out = (lik.log() * root_w).sum(-1)
-    return out, (plan, pairs, low), lik, part, root_w, lik.min()
+    return lik.log(), (plan, pairs, low), lik, part, root_w, lik.min()
 
 
 def backward_repeats(rows, trans_n, plan, pairs, low, g):
@@ -121,8 +121,7 @@ def forward_batched_repeats(trans_n, plan: BatchPlan, freqs, cat_w, weights, kee
     site = (freqs[:, None, None, :] @ root)[:, :, 0]  # (N, C, K_root)
     lik = (cat_w[:, None, :] @ site)[:, 0]  # (N, K_root)
     root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    out = (lik.log() * root_w).sum(-1)
-    return out, (plan, saved), lik, root, root_w, lik.min()
+    return lik.log(), (plan, saved), lik, root, root_w, lik.min()
 
 
 def _step_matrices(trans_n: Tensor, plan: BatchPlan) -> Tensor:

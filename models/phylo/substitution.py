@@ -18,13 +18,23 @@ Tavaré (1986); Yang (1994) for the discrete Gamma.
 
 from __future__ import annotations
 
+import numpy as np
 import pyro
 import scipy.special
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-__all__ = ["SubstitutionModel", "JC69", "K80", "HKY", "GTR", "discrete_gamma_rates", "get_model"]
+__all__ = [
+    "SubstitutionModel",
+    "JC69",
+    "K80",
+    "HKY",
+    "GTR",
+    "discrete_gamma_rates",
+    "get_model",
+    "transition_matrices",
+]
 
 Param = Tensor | Distribution | float
 
@@ -63,6 +73,30 @@ class SubstitutionModel:
         left, lam, right = _eigen(q, self.frequencies(p).to(t))
         expl = torch.exp(lam[..., None, :] * t[..., None])  # (..., M, 4)
         return (left[..., None, :, :] * expl[..., None, :]) @ right[..., None, :, :]
+
+
+def transition_matrices(
+    substitution: SubstitutionModel, parameters: dict[str, Tensor], lengths: Tensor,
+    rates: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    r"""Transition matrices $P(b_k r_c)$ of every branch and rate category.
+
+    Args:
+        substitution: the model.
+        parameters: its parameter values (`SubstitutionModel.sample` or `.params`).
+        lengths: `(..., E)` branch lengths.
+        rates: `(..., C)` rate multipliers; one category of rate 1 if omitted.
+
+    Returns:
+        `(..., E, C, 4, 4)` matrices, in the dtype and on the device of `lengths`.
+
+    Examples:
+        >>> transition_matrices(JC69(), {}, torch.tensor([0.1, 0.2])).shape
+        torch.Size([2, 1, 4, 4])
+    """
+    rates = lengths.new_ones(1) if rates is None else rates.to(lengths)
+    t = lengths[..., :, None] * rates[..., None, :]
+    return substitution.transition_matrices(parameters, t.flatten(-2)).unflatten(-3, t.shape[-2:])
 
 
 def _as_param(name: str, value: Param) -> Tensor | Distribution:
@@ -194,12 +228,38 @@ class _DiscreteGamma(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (shape,) = ctx.saved_tensors
-        # scipy has no derivative of the gamma quantile in the shape: central differences,
-        # accurate to ~1e-8 relative in float64
-        h = 1e-5 * shape
-        d = (_gamma_rates_np(shape + h, ctx.categories) -
-             _gamma_rates_np(shape - h, ctx.categories)) / (2 * h[..., None])  # fmt: skip
-        return (grad * d).sum(-1), None
+        return (grad * _gamma_rates_derivative(shape, ctx.categories)).sum(-1), None
+
+
+def _gamma_rates_derivative(shape: Tensor, categories: int) -> Tensor:
+    r"""$\partial r_k / \partial \alpha$ `(..., K)` of `discrete_gamma_rates`, exactly.
+
+    With cuts $c_k = P^{-1}(\alpha, k/K)$ ($P$ the regularised lower incomplete gamma
+    function), $r_k = K[P(\alpha+1, c_k) - P(\alpha+1, c_{k-1})]$ and, since
+    $P(\alpha, c_k) = k/K$ for every $\alpha$, $c_k' = -\partial_a P(\alpha, c_k) /
+    \partial_x P(\alpha, c_k)$. Written by hand because SciPy has no derivative of $P$ in its
+    shape: $\partial_a P(a, x) = \sum_{m \ge 0} t_m(a, x) (\log x - \psi(a+m+1))$ with
+    $t_m = x^{a+m} e^{-x} / \Gamma(a+m+1)$, the derivative of the series
+    $P(a, x) = \sum_m t_m$ (terms summed until they are below $10^{-17}$ of the total).
+    """
+    a = shape.detach().cpu().double().numpy()[..., None]
+    k = np.arange(1, categories) / categories
+    cuts = scipy.special.gammaincinv(a, k)
+    dcut = -_dP_da(a, cuts) / np.exp((a - 1) * np.log(cuts) - cuts - scipy.special.gammaln(a))
+    dx = np.exp(a * np.log(cuts) - cuts - scipy.special.gammaln(a + 1))  # d/dx P(a+1, x)
+    inner = _dP_da(a + 1, cuts) + dx * dcut  # d/da of P(a+1, c_k(a)), k = 1 .. K-1
+    zero = np.zeros_like(inner[..., :1])
+    d = np.diff(np.concatenate([zero, inner, zero], -1), axis=-1) * categories
+    return torch.from_numpy(d).to(shape)
+
+
+def _dP_da(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Derivative in ``a`` of the regularised lower incomplete gamma function, by series."""
+    terms = int(np.max(x + 12 * np.sqrt(x))) + 60
+    m = np.arange(terms)
+    log_x = np.log(x)[..., None]
+    log_t = (a[..., None] + m) * log_x - x[..., None] - scipy.special.gammaln(a[..., None] + m + 1)
+    return (np.exp(log_t) * (log_x - scipy.special.digamma(a[..., None] + m + 1))).sum(-1)
 
 
 def _gamma_rates_np(shape: Tensor, categories: int) -> Tensor:
@@ -220,8 +280,8 @@ def discrete_gamma_rates(shape: Tensor | float, categories: int = 4) -> Tensor:
 
     with :math:`q_k` the :math:`k/K` quantile and :math:`F_a` the regularised lower incomplete
     gamma function (the "mean" rates IQ-TREE and MrBayes use by default). Shape ``(..., K)``
-    for ``shape`` of shape ``(...)``; differentiable in ``shape`` (by central differences,
-    since SciPy has no analytic derivative of the quantile).
+    for ``shape`` of shape ``(...)``; differentiable in ``shape`` (an exact derivative written
+    by hand, since SciPy has no derivative of the incomplete gamma function in its shape).
 
     Example:
         >>> discrete_gamma_rates(torch.tensor(0.5), 4)

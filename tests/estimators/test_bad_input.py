@@ -1,5 +1,7 @@
 """Bad input gets an exception that names the problem."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -55,8 +57,24 @@ def test_model_with_non_finite_log_density(bad):
         pyro.sample("x", dist.Normal(0.0, 1.0))
 
     pyro.enable_validation(False)  # with validation Pyro refuses a NaN factor itself
-    with pytest.raises(FloatingPointError, match="model log density is NaN or infinite"):
+    with pytest.raises(FloatingPointError, match=r"model log density is NaN or \+inf"):
         IWAE(5).estimate(model, guide)
+
+
+def test_minus_infinite_log_weights_are_zero_weights():
+    """A particle the model rules out (log p = -inf) is a zero weight, not an error: for
+    p(x) = N(x; 0, 1) [x > 0], Z = 1/2, and IWAE with a N(0, 1) guide averages 1[x > 0]."""
+
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("positive", torch.where(x > 0, 0.0, -math.inf))
+
+    def guide():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    result = IWAE(4000, seed=0).estimate(model, guide)
+    assert abs(result.value - math.log(0.5)) < 5 * result.stderr
+    assert NaiveMonteCarlo(10, seed=0).estimate(model).value < 0
 
 
 def test_guide_support_missing_the_models():

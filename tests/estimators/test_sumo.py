@@ -103,8 +103,49 @@ def test_one_draw_has_no_stderr_and_says_why():
         ({"tail": 1.0}, "tail"),
         ({"num_particles": 0}, "num_particles"),
         ({"guide_objective": "x"}, "guide_objective"),
+        ({"warmup_steps": -1}, "warmup_steps"),
     ],
 )
 def test_bad_options_are_named(kwargs, word):
     with pytest.raises(ValueError, match=word):
         SUMO(**kwargs)
+
+
+def test_the_unreliable_stderr_warning_is_in_diagnostics_and_repr():
+    toy = SumoMixture()
+    result = SUMO(20, seed=0).estimate(toy.model, toy.guide)
+    assert "unreliable" in result.diagnostics["warning"]
+    assert "warning: SUMO's standard error is unreliable" in repr(result)
+    assert "warning" not in repr(IWAE(20, seed=0).estimate(toy.model, toy.guide))
+
+
+def test_roulette_lengths_are_shared_across_data_points():
+    """Two data points with identical weights get identical estimates in every draw: one J per
+    draw for the whole batch (a separate J per datum would make them differ)."""
+    weights = torch.randn(40, 1).expand(40, 2).contiguous()
+    lengths = torch.tensor([1, 4, 12, 23])
+    estimates = sumo(weights, lengths, min_terms=1, cutoff=80, tail=0.9)
+    assert estimates.shape == (4, 2)
+    assert torch.equal(estimates[:, 0], estimates[:, 1])
+    problem, guide = perturbed_local()
+    sumo_loss = SUMO(5, seed=0)
+    weights = sumo_loss.log_weights(problem.model, guide, (), {})
+    assert weights.log_weights.shape == (int(sumo_loss._lengths.sum()), len(problem.data))
+
+
+def test_warmup_steps_train_on_the_elbo_first():
+    """During warm-up the loss is minus the ELBO of the drawn particles (a loss with no
+    roulette corrections), then SUMO takes over."""
+    problem, guide = perturbed_local()
+    loss = SUMO(2, warmup_steps=2)
+    elbo_like = []
+    for _ in range(3):
+        torch.manual_seed(0)
+        weights = loss.log_weights(problem.model, guide, (), {})
+        torch.manual_seed(0)
+        elbo_like.append(-weights.log_weights.mean(0).sum().item())
+        value = loss.loss_and_grads(problem.model, guide)
+        elbo_like[-1] = (elbo_like[-1], value)
+    (expected0, got0), (expected1, got1), (expected2, got2) = elbo_like
+    assert got0 == pytest.approx(expected0) and got1 == pytest.approx(expected1)
+    assert got2 != pytest.approx(expected2)  # SUMO's corrections from the third step on

@@ -1,5 +1,5 @@
 """Pyro distributions and transforms: Concrete relaxations, Gumbel-Sinkhorn, Birkhoff polytope,
-tree topologies, subsplit Bayesian networks."""
+tree topologies, subsplit Bayesian networks, normalizing flows."""
 
 from varinf.distributions.birkhoff import (
     RoundingBirkhoff,
@@ -15,6 +15,13 @@ from varinf.distributions.concrete import (
     ExponentialAnnealing,
     TemperatureSchedule,
     relaxed_kl,
+)
+from varinf.distributions.flows import (
+    ActNorm,
+    AdditiveCoupling,
+    InverseTransformModule,
+    Permutation,
+    build_flow,
 )
 from varinf.distributions.sbn import SBNSupport, SubsplitBayesianNetwork
 from varinf.distributions.sinkhorn import (
@@ -39,6 +46,11 @@ from varinf.distributions.trees import (
 )
 
 __all__ = [
+    "ActNorm",
+    "AdditiveCoupling",
+    "InverseTransformModule",
+    "Permutation",
+    "build_flow",
     "stick_breaking_centre",
     "Concrete",
     "ConstantTemperature",

@@ -95,6 +95,7 @@ class ELBO(ParticleObjective):
     name = "elbo"
     kind = "lower-bound"
     gradients: ClassVar[tuple[str, ...]] = ("reparam", "score")
+    linear_in_log_weights = True
 
     def __init__(
         self, num_particles: int = 1, *, gradient: str = "reparam", **options: Any
@@ -117,6 +118,9 @@ class ELBO(ParticleObjective):
         per_particle = weights.datum_scale * log_w.reshape(weights.num_particles, -1).sum(1)
         stderr = per_particle.std() / math.sqrt(len(per_particle)) if len(log_w) > 1 else math.nan
         return per_particle.mean().item(), float(stderr), importance_diagnostics(log_w)
+
+    def datum_values(self, weights: LogWeights) -> torch.Tensor:
+        return weights.log_weights.mean(0)
 
 
 class IWAE(ParticleObjective):
@@ -192,6 +196,10 @@ class IWAE(ParticleObjective):
         value = weights.datum_scale * iwae(log_w)
         stderr = weights.datum_scale * iwae_stderr(log_w)
         return value.item(), stderr.item(), importance_diagnostics(log_w)
+
+    def datum_values(self, weights: LogWeights) -> torch.Tensor:
+        log_w = weights.log_weights
+        return log_w.logsumexp(0) - math.log(len(log_w))
 
 
 def _warn_score_terms(name: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from pyro.infer import ELBO as PyroELBO
@@ -44,30 +45,50 @@ class Objective:
 
 
 class ParticleObjective(Estimator, PyroELBO):
-    """An estimator computed from the log weights of vectorised particles, usable in ``SVI``.
+    r"""An estimator computed from the log weights of vectorised particles, usable in ``SVI``.
 
     Args:
-        num_particles: Particles per estimate, $K \\geq 1$.
+        num_particles: Particles per estimate, $K \geq 1$.
         max_plate_nesting: Deepest plate dimension of model and guide; guessed by one
             unvectorised run when ``None`` (once per model and guide).
         sampler: How particles are drawn: ``"iid"`` or ``"rqmc"`` (randomised quasi-Monte
             Carlo, `varinf.handlers.QuasiMonteCarloMessenger`). RQMC particles are dependent,
             so ``estimate()`` reports no standard error for them: use `varinf.compare` repeats.
+        vectorize_particles: ``True`` (default) draws all particles in one batched run;
+            ``False`` runs model and guide once per particle, as Pyro's default does, for
+            models whose code does not broadcast over a particle dimension (e.g. a
+            ``PyroModule[nn.Linear]`` regression).
         seed: Seed for `estimate` (see `varinf.Estimator`).
+
+    Subsampling (``pyro.plate(name, N, subsample_size=B)``): when every latent site lies inside
+    the subsampled plate, the weights split per datum and $N/B$ scales the per-datum bounds
+    after the particles are averaged, so every estimator stays honest, and ``estimate()`` adds
+    the subsampling noise to the standard error (``diagnostics["stderr_subsampling"]``). When a
+    latent site outside couples the data (a global latent), $N/B$ sits inside each particle's
+    weight: only the ELBO, linear in $\log w$, remains unbiased (its standard error is then
+    conditional on the minibatch, and says so); the other estimators refuse.
     """
+
+    #: Whether the objective is linear in the log weights (stays unbiased under subsampling).
+    linear_in_log_weights: ClassVar[bool] = False
 
     def __init__(
         self,
         num_particles: int = 1,
         *,
-        max_plate_nesting: int | None = None,
         sampler: str = "iid",
+        vectorize_particles: bool = True,
+        max_plate_nesting: int | None = None,
         seed: int | None = None,
     ) -> None:
         num_particles = check_num_particles(num_particles)
         check_sampler(sampler)
+        if not isinstance(vectorize_particles, bool):
+            raise TypeError(f"vectorize_particles must be a bool, got {vectorize_particles!r}")
         Estimator.__init__(self, seed=seed)
-        PyroELBO.__init__(self, num_particles=num_particles, vectorize_particles=True)
+        PyroELBO.__init__(
+            self, num_particles=num_particles, vectorize_particles=vectorize_particles
+        )
         self.max_plate_nesting = max_plate_nesting
         self.sampler = sampler
 
@@ -91,8 +112,18 @@ class ParticleObjective(Estimator, PyroELBO):
             num_particles=self.particles_per_evaluation(),
             max_plate_nesting=self.plate_nesting(model, guide, args, kwargs),
             sampler=self.sampler,
+            vectorize_particles=self.vectorize_particles,
             **self.trace_options(),
         )
+        if weights.subsampled_plates and not self.linear_in_log_weights:
+            raise ValueError(
+                f"{type(self).__name__}: the subsampled plate(s) {list(weights.subsampled_plates)} "
+                "hold data that a latent site outside them couples, so the N/B scale would sit "
+                "inside the log-mean-exp and the result would bound nothing (it can exceed "
+                "log p(x)). Use the full plate (no subsample_size) for evidence estimates, "
+                "train with ELBO (unbiased under subsampling), or keep every latent site inside "
+                "the plate so the weights split per datum"
+            )
         self.last_num_evaluations = weights.num_particles  # read by gradient_variance
         return weights
 
@@ -129,6 +160,7 @@ class ParticleObjective(Estimator, PyroELBO):
                 **diagnostics,
                 "stderr": "one particle: use num_particles >= 2 for a standard error",
             }
+        stderr, diagnostics = self._with_subsampling(weights, stderr, diagnostics)
         return make_estimate(
             value,
             stderr,
@@ -140,6 +172,30 @@ class ParticleObjective(Estimator, PyroELBO):
     def summarize(self, weights: LogWeights) -> tuple[float, float, dict]:
         """Value, standard error and diagnostics of one estimate."""
         raise NotImplementedError
+
+    def datum_values(self, weights: LogWeights) -> torch.Tensor:
+        """The estimate's per-datum terms ``(B,)`` over a subsampled datum plate."""
+        raise NotImplementedError
+
+    def _with_subsampling(self, weights, stderr, diagnostics):
+        r"""Add the minibatch's sampling noise: $N^2 (1 - B/N)\, s^2 / B$ for the estimate
+        $\frac{N}{B} \sum_{i \in \mathcal B} v_i$ of $\sum_{i=1}^N v_i$ (a simple random sample
+        without replacement, $s^2$ the variance of the per-datum terms; it includes their Monte
+        Carlo noise once more, so the total errs on the large side)."""
+        if weights.subsampled_plates:
+            note = (
+                f"conditional on the minibatch of plate(s) {list(weights.subsampled_plates)}: the "
+                "subsampling noise is not included; repeat over minibatches (varinf.compare)"
+            )
+            return stderr, {**diagnostics, "stderr": note}
+        if weights.datum_scale == 1.0 or weights.log_weights.dim() != 2:
+            return stderr, diagnostics
+        values = self.datum_values(weights).double()
+        batch = len(values)
+        size = round(batch * weights.datum_scale)
+        variance = size**2 * (1 - batch / size) * values.var().item() / batch if batch > 1 else 0.0
+        total = math.sqrt(stderr**2 + variance) if math.isfinite(stderr) else stderr
+        return total, {**diagnostics, "stderr_subsampling": math.sqrt(variance)}
 
     def differentiable_loss(
         self, model: Callable, guide: Callable, *args, **kwargs

@@ -91,6 +91,12 @@ def sumo(
     return iwae_k[:, min_terms - 1] + corrections.sum(1)
 
 
+WARNING = (
+    "SUMO's standard error is unreliable (heavy tails): few draws can look precise and be far "
+    "off; check against an IWAE bound and the median of repeats"
+)
+
+
 class SUMO(ParticleObjective):
     r"""Unbiased estimator of $\log p(x)$ by Russian roulette over IWAE bounds (Luo et al. 2020).
 
@@ -106,10 +112,29 @@ class SUMO(ParticleObjective):
             encoder: $\mathbb{E}[\mathrm{SUMO}] = \log p(x)$ does not depend on $\phi$, so
             ``"value"`` (the guide ascends SUMO itself) has zero expected guide gradient and
             only makes the guide drift. The split gradient is applied by ``loss_and_grads``.
+        warmup_steps: Training steps (``loss_and_grads`` calls) that ascend the ELBO of the
+            drawn particles before SUMO's gradients take over. SUMO's variance-minimising guide
+            gradient only makes sense near a good guide: in a reported run from a cold start,
+            it made a regression guide worse (ELBO $-55.7$, $\hat k$ 1.48). Warm up for a few
+            hundred steps, or train with `ELBO`/`IWAE` first.
+        **options: ``sampler``, ``vectorize_particles``, ``max_plate_nesting`` and ``seed``,
+            see `ParticleObjective`.
 
     The cost per draw is $m + J$ model evaluations, $m + 5.08$ on average with the defaults.
 
-    Example:
+    Roulette lengths are shared across data points: when the weights split over a datum plate,
+    draw $r$ uses the same $J_r$ (and the same $m + J_r$ particles) for every datum of the
+    batch, so one draw costs $m + J_r$ model runs whatever the batch size; each datum's estimate
+    stays unbiased, and the data's estimates within one draw are dependent through $J_r$.
+
+    Warning: the standard error is unreliable. The estimator's distribution is heavy-tailed
+    (rare long sequences give large corrections), so a few draws usually miss the tail and
+    look precise while being far off: in a reported run, SUMO(20) on 1797 digits gave
+    $-27495 \pm 102$, below IWAE(2000)'s lower bound of $-26829$. Every estimate carries this
+    warning in ``diagnostics["warning"]`` and its repr. Compare with an IWAE bound, and prefer
+    the median of `varinf.compare` repeats.
+
+    Examples:
         >>> from models.energies import SumoMixture
         >>> toy = SumoMixture()  # log Z = log 2 pi
         >>> est = SUMO(num_particles=20000, seed=1).estimate(toy.model, toy.guide)
@@ -128,8 +153,11 @@ class SUMO(ParticleObjective):
         cutoff: int = 80,
         tail: float = 0.9,
         guide_objective: str = "variance",
+        warmup_steps: int = 0,
         **options,
     ) -> None:
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps!r}")
         min_terms = check_num_particles(min_terms, "min_terms")
         cutoff = check_num_particles(cutoff, "cutoff")
         if not 0.0 < tail < 1.0:
@@ -141,6 +169,9 @@ class SUMO(ParticleObjective):
         super().__init__(num_particles, **options)
         self.min_terms, self.cutoff, self.tail = min_terms, cutoff, tail
         self.guide_objective = guide_objective
+        self.warmup_steps = warmup_steps
+        self._steps_taken = 0
+        self._warming_up = False
         self._lengths = None
         self._moving_average = None
 
@@ -163,7 +194,17 @@ class SUMO(ParticleObjective):
         )
         return estimates, scores
 
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        self._warming_up = self._steps_taken < self.warmup_steps
+        self._steps_taken += 1
+        try:
+            return super().loss_and_grads(model, guide, *args, **kwargs)
+        finally:
+            self._warming_up = False
+
     def objective(self, weights: LogWeights) -> Objective:
+        if self._warming_up:
+            return self._warmup_objective(weights)
         estimates, scores = self._draws(weights)
         scale = weights.datum_scale
         value = scale * estimates.mean(0).sum()
@@ -173,6 +214,13 @@ class SUMO(ParticleObjective):
         squared = (estimates - self._baseline(estimates)).pow(2)
         variance = squared.mean(0).sum() + score_term(squared, scores).mean(0).sum()
         return Objective(value=value, surrogate=surrogate, guide_surrogate=-scale * variance)
+
+    def _warmup_objective(self, weights: LogWeights) -> Objective:
+        """The ELBO of all drawn particles, value and gradient (score terms as Trace_ELBO)."""
+        log_w = weights.log_weights
+        value = weights.datum_scale * log_w.mean(0).sum()
+        score = score_term(log_w, weights.log_q_score).mean(0).sum()
+        return Objective(value=value, surrogate=value + weights.datum_scale * score)
 
     def _baseline(self, estimates: torch.Tensor) -> torch.Tensor:
         r"""A constant $c$ for $\nabla_\phi \mathbb{E}[(\mathrm{SUMO} - c)^2] = \nabla_\phi
@@ -199,9 +247,13 @@ class SUMO(ParticleObjective):
         diagnostics = {
             "num_particles": len(per_draw),
             "mean_length": float(self._lengths.double().mean()),
+            "warning": WARNING,
         }
         if len(per_draw) < 2:
             diagnostics["stderr"] = "one draw: use num_particles >= 2 for a standard error"
             return per_draw.item(), math.nan, diagnostics
         stderr = per_draw.std() / math.sqrt(len(per_draw))
         return per_draw.mean().item(), stderr.item(), diagnostics
+
+    def datum_values(self, weights: LogWeights) -> torch.Tensor:
+        return self._draws(weights)[0].mean(0)
