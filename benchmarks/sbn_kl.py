@@ -9,9 +9,9 @@ reference, an estimate's probability is floored at machine epsilon inside the lo
 an estimator cannot produce cost log(1/eps) = 36.04 each instead of an infinite KL. Prints
 the mean over the 10 replicates beside the reference values (the issue's table).
 
-CCD here is rooted at the last taxon in the files' translate order (a proper distribution
-over unrooted trees); the reference evaluates it rooted at each golden tree's first written
-child, which is not one fixed rooting (see the docs for the consequences).
+CCD is rooted at the last taxon; with clade counts pooled over both orientations of every
+edge its value does not depend on the leaf it is rooted at (each internal node's count enters
+once whatever the root), so it matches the reference's, which roots at each tree's first child.
 
 Run: ``python benchmarks/sbn_kl.py [--data DIR] [--datasets DS1 DS2] [--reps 10]``.
 """

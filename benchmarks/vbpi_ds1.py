@@ -73,7 +73,8 @@ def time_peer(peer: Path, data: Path, iterations: int, work: Path) -> float:
     """Milliseconds per step of the reference VBPI (its own support from 2 UFBoot reps)."""
     sys.path.insert(0, str(peer))
     import numpy as np
-    from utils import get_support_from_mcmc, loadData, summary_raw  # reference code
+    from dataManipulation import loadData  # the reference code
+    from utils import get_support_from_mcmc, summary_raw
     from vbpi import VBPI
 
     folder = work / "ufboot" / "DS1"

@@ -24,6 +24,8 @@ particle plate all $K$ trees are drawn, embedded and scored as one batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from pyro import module as pyro_module
 from pyro import sample as pyro_sample
@@ -71,7 +73,7 @@ class VBPIGuide(nn.Module):
         hidden: int = 50,
         loc_offset: float = -2.0,
         name: str = "vbpi",
-        taxa=None,
+        taxa: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(support, SBNSupport):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
@@ -92,9 +93,11 @@ class VBPITrainer:
             (`models.phylo.phylo_model`).
         guide: the `VBPIGuide`.
         num_particles: $K$.
-        lr, lr_decay, decay_every: Adam step size and its step decay.
-        beta0, warm_start: annealing schedule $\beta_t = \min(1, \beta_0 + t/T)$ (``warm_start``
-            0: no annealing).
+        lr: Adam step size,
+        lr_decay: multiplied into it
+        decay_every: every this many steps.
+        beta0: the likelihood's initial power $\beta_0$ in $\beta_t = \min(1, \beta_0 + t/T)$,
+        warm_start: $T$ (0: no annealing).
         golden: optional ``(tables, probs)`` ground truth for the KL trace.
         eval_every: steps between records of the history.
         checkpoint: path of the checkpoint file (written every ``checkpoint_every`` steps and at
@@ -117,7 +120,7 @@ class VBPITrainer:
 
     def __init__(
         self,
-        model,
+        model: Callable,
         guide: VBPIGuide,
         *,
         num_particles: int = 10,

@@ -31,7 +31,9 @@ rootings in place of the log-sum-exp).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -137,16 +139,17 @@ def _log_normalise(support, root_counts, entry_counts, prior=None, alpha=0.0):
 
 
 def fit_sbn(
-    trees,
-    weights=None,
+    trees: Tensor | Sequence,
+    weights: Tensor | Sequence[float] | None = None,
     method: str = "em",
     alpha: float = 1e-4,
     max_iter: int = 1000,
     min_iter: int = 50,
     tol: float = 1e-5,
-    taxa=None,
+    taxa: Sequence[str] | None = None,
     chunk: int = 512,
-    **kwargs,
+    perturbation: float = 1e-3,
+    **kwargs: Any,
 ) -> SubsplitBayesianNetwork:
     r"""Fit an SBN to weighted sample trees by SA, EM or EM-$\alpha$ (module docstring).
 
@@ -156,10 +159,13 @@ def fit_sbn(
         weights: optional ``(B,)`` tree weights (counts or frequencies).
         method: ``"sa"``, ``"em"`` or ``"em-alpha"``.
         alpha: equivalent sample size of the SA-centred prior of ``"em-alpha"``.
-        max_iter, min_iter, tol: EM stops after ``max_iter`` steps, or once past ``min_iter``
-            when the mean log-likelihood changes by less than ``tol``.
+        max_iter: EM stops after ``max_iter`` steps at most,
+        min_iter: or, once past ``min_iter`` steps,
+        tol: when the mean log-likelihood changes by less than ``tol``.
         taxa: taxon names.
         chunk: trees per batched E-step pass (memory).
+        perturbation: relative size of the fixed-seed perturbation of EM's SA start (0: start
+            exactly at SA, as the reference implementation does; see the module docstring).
         **kwargs: passed to `SubsplitBayesianNetwork` (``outside``, ``smoothing``).
 
     Returns:
@@ -188,8 +194,9 @@ def fit_sbn(
         # SA can be an exact, unstable fixed point of EM (every rooting equally likely): start
         # from SA perturbed by a relative 1e-3 (fixed seed) so that EM leaves it.
         gen = torch.Generator().manual_seed(0)
-        jitter_r = 1 + 1e-3 * torch.rand(sa_root.shape, generator=gen, dtype=torch.float64)
-        jitter_e = 1 + 1e-3 * torch.rand(sa_entry.shape, generator=gen, dtype=torch.float64)
+        size = perturbation
+        jitter_r = 1 + size * torch.rand(sa_root.shape, generator=gen, dtype=torch.float64)
+        jitter_e = 1 + size * torch.rand(sa_entry.shape, generator=gen, dtype=torch.float64)
         log_root, log_entry = _log_normalise(support, sa_root * jitter_r, sa_entry * jitter_e)
         if prior is not None:
             log_root, log_entry = _log_normalise(support, sa_root, sa_entry, prior, a)
@@ -212,7 +219,9 @@ class ConditionalCladeDistribution:
     $\log q(\tau) = \sum_Y \log p(s_Y \mid Y)$ over the clades of $\tau$ seen from taxon
     $n-1$; $p(s \mid Y)$ is the weighted frequency of subsplit $s$ of $Y$ among the sample
     trees having clade $Y$ (any orientation). Topologies with an unseen clade or subsplit get
-    ``-inf``. Normalised over unrooted topologies (rooting at a fixed leaf is a bijection).
+    ``-inf``. Normalised over unrooted topologies (rooting at a fixed leaf is a bijection),
+    and the same whichever leaf it is rooted at: the product of the counts of every internal
+    node's three splits over the counts of the internal splits.
 
     Examples:
         >>> import torch

@@ -107,7 +107,7 @@ class SBNSupport:
         return torch.where(self.clade_sizes[clade] >= 2, ctx, -1)
 
     @classmethod
-    def from_trees(cls, trees, taxa: Sequence[str] | None = None) -> SBNSupport:
+    def from_trees(cls, trees: Tensor | Sequence, taxa: Sequence[str] | None = None) -> SBNSupport:
         r"""Support of all rootings of the given trees.
 
         Args:
