@@ -42,7 +42,7 @@ from models.phylo import (  # noqa: E402
     stack_trees,
 )
 
-DATA = ROOT / ".." / "shared" / "data" / "phylo" / "bito_ds1"
+DATA = ROOT / "models" / "phylo" / "data" / "bito_ds1"  # shipped: models.phylo.datasets
 
 
 def timed_rounds(fns, repeats: int, rounds: int, device: torch.device) -> list[list[float]]:

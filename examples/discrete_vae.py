@@ -18,7 +18,7 @@ Estimators (all from ``varinf.gradients``, ``k`` evaluations of the decoder per 
 The plot (``--out``) shows the exact test log p(x) and the total variance of the encoder
 gradient (over ``--variance-repeats`` draws on a fixed batch) during training.
 
-Usage: python examples/discrete_vae.py [--steps 600] [--num-particles 4] [--out discrete_vae.png]
+Usage: `python examples/discrete_vae.py [--steps 600] [--num-particles 4] [--out discrete_vae.png]`
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class Trainer:
         self.schedule.step()
 
     def encoder_gradient_variance(self, x: torch.Tensor, repeats: int, seed: int) -> float:
-        r"""Total variance :math:`\sum_j \mathrm{Var}(g_j)` of the encoder gradient on ``x``."""
+        r"""Total variance $\sum_j \mathrm{Var}(g_j)$ of the encoder gradient on ``x``."""
         generator = torch.Generator().manual_seed(seed)
         params = list(self.vae.encoder.parameters())
         draws = []
@@ -183,7 +183,7 @@ def train(name: str, args, train_x, test_x) -> dict:
     return history
 
 
-def plot(histories: dict, path: str) -> None:
+def plot(histories: dict, path: str):
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (name, history) in enumerate(histories.items()):
         color = f"C{i}"
@@ -201,11 +201,11 @@ def plot(histories: dict, path: str) -> None:
     figure.suptitle("Categorical VAE on binarised digits (exact metrics by enumeration)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
+    return figure  # left open, so the docs gallery shows it
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=ESTIMATORS)
     parser.add_argument("--num-particles", type=int, default=4, help="k evaluations per datum")

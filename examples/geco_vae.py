@@ -1,4 +1,4 @@
-r"""ELBO, $\beta$-VAE and GECO side by side on the bundled digits.
+r"""ELBO, beta-VAE and GECO side by side on the bundled digits.
 
 The three losses train the same VAE (`models.vae.DigitsVAE`, 8 Gaussian latents, Bernoulli
 decoder on the 1797 binarised 8x8 digits, minibatches of 128) for the same number of steps:

@@ -34,7 +34,7 @@ def lognormal_guide(num_branches: int, init: torch.Tensor):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--alignment", type=Path, default=datasets.path("DS1-numbered"))
     parser.add_argument("--trees", type=Path, default=datasets.path("DS1-credible-branches"))
     parser.add_argument("--steps", type=int, default=1500)

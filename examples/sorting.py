@@ -1,5 +1,7 @@
 r"""Learning to sort N uniform numbers with Gumbel-Sinkhorn networks (Mena et al. 2018, §5.1).
 
+A network learns to sort numbers through relaxed permutations, never shown a sorted order.
+
 A small network maps each number $x_i$ (independently, weights shared) to a row of scores
 $\log\alpha_{i\cdot} \in \mathbb R^N$: the score of putting element $i$ at position $j$.
 Training draws a relaxed permutation $P \sim \mathrm{GumbelSinkhorn}(\log\alpha, \tau)$ and

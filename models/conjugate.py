@@ -174,3 +174,45 @@ class BayesianLinearRegression:
             constraint=constraints.lower_cholesky,
         )
         pyro.sample("weights", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+
+
+@dataclass
+class GammaPoisson:
+    r"""Positive rates: $\lambda_j \sim \mathrm{Gamma}(a, b)$, $x_{ij} \mid \lambda_j \sim
+    \mathrm{Poisson}(\lambda_j)$, $i = 1..n$, $j = 1..d$.
+
+    With $S_j = \sum_i x_{ij}$, the posterior is $\mathrm{Gamma}(a + S_j, b + n)$ and
+    $\log p(x) = \sum_j [a \log b - \log\Gamma(a) + \log\Gamma(a + S_j) - (a + S_j)\log(b + n)]
+    - \sum_{ij} \log x_{ij}!$.
+    """
+
+    data: torch.Tensor
+    shape: float = 2.0
+    rate: float = 1.0
+
+    @classmethod
+    def example(cls, num_data: int = 5, dim: int = 3, seed: int = 0) -> GammaPoisson:
+        generator = torch.Generator().manual_seed(seed)
+        rates = torch.linspace(0.5, 4.0, dim, dtype=torch.float64)
+        return cls(torch.poisson(rates.expand(num_data, dim), generator=generator))
+
+    @property
+    def log_evidence(self) -> float:
+        n = self.data.shape[0]
+        a, b = self.shape, self.rate
+        post = a + self.data.sum(0)
+        per_rate = a * math.log(b) - math.lgamma(a) + torch.lgamma(post) - post * math.log(b + n)
+        return (per_rate.sum() - torch.lgamma(self.data + 1).sum()).item()
+
+    @property
+    def posterior(self) -> dist.Gamma:
+        return dist.Gamma(self.shape + self.data.sum(0), self.rate + self.data.shape[0])
+
+    def model(self) -> None:
+        prior = dist.Gamma(self.data.new_tensor(self.shape), self.data.new_tensor(self.rate))
+        rates = pyro.sample("rates", prior.expand([self.data.shape[1]]).to_event(1))
+        with pyro.plate("data", self.data.shape[0]):
+            pyro.sample("x", dist.Poisson(rates).to_event(1), obs=self.data)
+
+    def exact_guide(self) -> None:
+        pyro.sample("rates", self.posterior.to_event(1))

@@ -27,7 +27,7 @@ class SumoMixture:
     draws: ELBO 1.4595, IWAE ($K=5$) 1.7616, SUMO 1.8359 (Huang, "SUMO", 2020, a blog note on
     Luo et al. 2020).
 
-    Example:
+    Examples:
         >>> round(SumoMixture().log_evidence, 4)
         1.8379
     """

@@ -1,7 +1,7 @@
 """varinf: variational and Monte Carlo estimators of the log marginal likelihood for Pyro models.
 
-Every estimator answers through one call, ``estimate(model, guide, *args, **kwargs)``, with an
-:class:`Estimate`; :func:`compare` puts several side by side.
+Every estimator answers through one call, `estimate(model, guide, *args, **kwargs)`, with an
+`Estimate`; `compare` puts several side by side.
 """
 
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
@@ -9,11 +9,22 @@ from varinf.estimate import Estimate, Estimator
 from varinf.estimators import (
     ELBO,
     GECO,
+    GLIS,
     IWAE,
+    MAP,
     RQMCELBO,
     SUMO,
+    VBIS,
     VIMCO,
+    BetaPrimeLaplus,
+    FittedELBO,
+    GammaLaplus,
+    ImportanceSampling,
+    Laplace,
+    LogNormalLaplus,
+    MaximumLikelihood,
     NaiveMonteCarlo,
+    NestedSampling,
     ScoreELBO,
 )
 from varinf.gradients import EstimatorELBO
@@ -22,8 +33,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ELBO",
+    "GLIS",
     "GECO",
     "IWAE",
+    "MAP",
+    "VBIS",
+    "BetaPrimeLaplus",
+    "FittedELBO",
+    "GammaLaplus",
+    "ImportanceSampling",
+    "Laplace",
+    "LogNormalLaplus",
+    "MaximumLikelihood",
+    "NestedSampling",
     "RQMCELBO",
     "SUMO",
     "VIMCO",

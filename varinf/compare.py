@@ -368,12 +368,12 @@ def gradient_variance(
     losses: Sequence,
     model: Callable,
     guide: Callable,
-    *args,
+    *args: Any,
     repeats: int = 100,
     seed: int = 0,
     executor: Executor | None = None,
     progress: bool = True,
-    **kwargs,
+    **kwargs: Any,
 ) -> GradientVariance:
     r"""Variance of each loss's gradient estimator w.r.t. the parameters, at the current
     parameter values.
@@ -384,7 +384,8 @@ def gradient_variance(
 
     Args:
         losses: Pyro losses.
-        model, guide: Pyro callables, as for `pyro.infer.SVI`.
+        model: A Pyro model, as for `pyro.infer.SVI`.
+        guide: Its guide.
         *args: Passed to model and guide.
         repeats: Gradient draws per loss (at least 2).
         seed: Draw ``r`` of loss ``i`` uses seed ``seed + i * 1000003 + r``, as in `compare`,

@@ -38,7 +38,7 @@ class Estimate:
         diagnostics: Effective sample size, PSIS $\hat k$, ... as the method allows; a
             ``"warning"`` entry (e.g. SUMO's unreliable standard error) is also shown by the repr.
 
-    Example:
+    Examples:
         >>> Estimate(value=-1.8281, stderr=0.0009, kind="lower-bound", estimator="iwae",
         ...          num_evaluations=1000, elapsed=0.02)
         Estimate(iwae: -1.82810 ± 0.00090, lower-bound, 1000 evals, 0.02 s)

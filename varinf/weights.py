@@ -189,7 +189,7 @@ def trace_log_weights(
         runs = [run.traces(num_particles, sampler)]
     else:
         runs = [run.traces(None, sampler)]
-        minibatch = _subsample_subtrace(runs[0][0])  # the later particles reuse this minibatch
+        minibatch = run.minibatch  # the later particles reuse the first one's minibatch
         runs += [run.traces(None, sampler, minibatch) for _ in range(num_particles - 1)]
     model_trace, guide_trace, _ = runs[0]
     frame = _datum_frame(model_trace, guide_trace) if per_datum else None
@@ -258,6 +258,7 @@ class _Run:
         elif minibatch is not None:
             model = poutine.replay(model, trace=minibatch)
         model_trace = self._trace(self._wrap(model, num_particles), vectorised)
+        self.minibatch = _subsample_subtrace(model_trace)  # guide's indices, replayed
         model_trace = prune_subsample_sites(model_trace)
         if guide_trace is None:  # prior sampling: the proposal is the model's own latent sites
             guide_trace = _latent_subtrace(model_trace)
@@ -272,10 +273,20 @@ class _Run:
 
 
 def _compute_log_prob(trace: poutine.Trace, rank: int) -> None:
+    """Log densities, with Pyro's shape check and ours: no batch dimensions left of the plates
+    (Pyro ignores those, and they would broadcast into the particle sums)."""
     trace.compute_log_prob()
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            check_site_shape(site, rank)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        check_site_shape(site, rank)
+        shape = tuple(site["log_prob"].shape)
+        if len(shape) > rank:
+            raise ValueError(
+                f"site {name!r} has log-density shape {shape}: {len(shape) - rank} batch "
+                f"dimension(s) more than its plates allow (at most {rank}, particles and plates "
+                "included); put them in a pyro.plate, or .to_event(...) them"
+            )
 
 
 def _detached(trace: poutine.Trace) -> poutine.Trace:

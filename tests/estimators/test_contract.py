@@ -26,7 +26,16 @@ EXPORTED = sorted(
 
 #: Cheaper (or extra) settings than the defaults, where the defaults would make this test slow.
 #: Keys are class names; estimators not listed run with their defaults.
-CHEAP = {"SUMO": {"num_particles": 3}}
+CHEAP = {
+    "SUMO": {"num_particles": 3},
+    "ImportanceSampling": {"num_particles": 200},
+    "GLIS": {"num_particles": 200},
+    "VBIS": {"num_particles": 200, "fit": {"num_steps": 20}},
+    "FittedELBO": {"num_particles": 100, "fit": {"num_steps": 20}},
+    "NestedSampling": {"num_live": 41, "max_calls": 1000},
+    **{name: {"num_starts": 1} for name in ("MAP", "MaximumLikelihood", "Laplace")},
+    **{name: {"num_starts": 1} for name in ("GammaLaplus", "LogNormalLaplus", "BetaPrimeLaplus")},
+}
 
 #: Variants exercised on top of the defaults: the knobs of the guided estimators.
 VARIANTS = [IWAE(7, gradient="dreg"), varinf.ELBO(3, gradient="score")]
@@ -77,7 +86,8 @@ def test_contract(estimator):
         assert not result.log_weights.requires_grad
     again = run(estimator, problem, seed=11)
     assert again.value == result.value  # same seed, same number
-    assert run(estimator, problem, seed=12).value != result.value
+    if result.kind != "approximation":  # deterministic approximations: any seed, one value
+        assert run(estimator, problem, seed=12).value != result.value
     assert estimator.name in repr(result)
     assert estimator.label.startswith(estimator.name)
     assert repr(estimator).startswith(type(estimator).__name__ + "(")

@@ -188,3 +188,21 @@ def test_a_guide_with_another_event_shape_is_refused():
 
     with pytest.raises(ValueError, match=r"'z' has event shape \(2,\) in the model but \(2, 2\)"):
         ELBO(4).estimate(model, guide)
+
+
+@pytest.mark.parametrize("side", ["model", "guide"])
+def test_batch_dimensions_no_plate_explains_are_named(side):
+    """Pyro's shape check ignores dimensions left of max_plate_nesting; before, they reached the
+    particle sums as a bare broadcasting RuntimeError."""
+    extra, plain = torch.zeros(3, 1, 5), torch.zeros(5)
+
+    def model():
+        with pyro.plate("data", 5):
+            pyro.sample("z", dist.Normal(extra if side == "model" else plain, 1.0))
+
+    def guide():
+        with pyro.plate("data", 5):
+            pyro.sample("z", dist.Normal(extra if side == "guide" else plain, 1.0))
+
+    with pytest.raises(ValueError, match=r"site 'z' has log-density shape \(3, 4, 5\)"):
+        IWAE(4).estimate(model, guide)

@@ -76,3 +76,13 @@ def test_per_datum_standard_error_includes_the_subsampling_noise(make):
     truth = LocalGaussian(DATA).log_evidence
     assert abs(values.mean().item() - truth) < 5 * values.std().item() / math.sqrt(len(values))
     assert results[0].diagnostics["stderr_subsampling"] > 0
+
+
+def test_looped_particles_share_one_minibatch():
+    """vectorize_particles=False replays the first particle's minibatch for the others: with the
+    exact guide every particle's per-datum weight is the same log p(x_i)."""
+    model, guide = local_model(subsample_size=10)
+    result = IWAE(6, vectorize_particles=False, seed=0).estimate(model, guide)
+    log_w = result.log_weights
+    assert log_w.shape == (6, 10)
+    torch.testing.assert_close(log_w, log_w[:1].expand(6, 10))

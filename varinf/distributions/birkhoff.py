@@ -3,32 +3,32 @@ r"""Distributions on (a neighbourhood of) the Birkhoff polytope with exact densi
 Linderman, Mena, Cooper, Paninski & Cunningham (2018), "Reparameterizing the Birkhoff polytope
 for variational permutation inference" (AISTATS), give two reparameterisations of
 $N \times N$ doubly-stochastic matrices whose densities are tractable, so that an ELBO with an
-entropy term can be optimised over permutations:
+entropy term can be optimised over permutations.
 
-* **stick-breaking** (their §3.1): $(N-1)^2$ variables $\beta_{ij} \in (0, 1)$ fill the
-  upper-left block row by row,
-  $x_{ij} = \ell_{ij} + \beta_{ij}(u_{ij} - \ell_{ij})$, between the bounds that keep the
-  rest completable,
+**Stick-breaking** (their §3.1): $(N-1)^2$ variables $\beta_{ij} \in (0, 1)$ fill the
+upper-left block row by row, $x_{ij} = \ell_{ij} + \beta_{ij}(u_{ij} - \ell_{ij})$, between the
+bounds that keep the rest completable,
 
-  $$
-  u_{ij} = \min\Big(1 - \sum_{k<j} x_{ik},\; 1 - \sum_{k<i} x_{kj}\Big), \qquad
-  \ell_{ij} = \max\Big(0,\; 1 - N + j - \sum_{k<j} x_{ik}
-      + \sum_{k<i}\sum_{m>j} x_{km}\Big),
-  $$
+$$
+u_{ij} = \min\Big(1 - \sum_{k<j} x_{ik},\; 1 - \sum_{k<i} x_{kj}\Big), \qquad
+\ell_{ij} = \max\Big(0,\; 1 - N + j - \sum_{k<j} x_{ik}
+    + \sum_{k<i}\sum_{m>j} x_{km}\Big),
+$$
 
-  and the last row and column follow from the sums.  The map is triangular in the filling
-  order, so $\log|\det J| = \sum_{ij} \log(u_{ij} - \ell_{ij})$.  With
-  $\beta = \sigma(\psi / \tau)$, $\psi \sim \mathcal N(\mu, \nu^2)$ this is
-  `StickBreakingBirkhoff`;
-* **rounding** (their §3.2): $\Psi = \tilde M + V \odot Z$, $\tilde M = S(\log M)$ the Sinkhorn
-  normalisation, $Z \sim \mathcal N(0, I)$, then
-  $X = \tau \Psi + (1 - \tau)\,\mathrm{round}(\Psi)$ with $\mathrm{round}$ the nearest
-  permutation (Hungarian algorithm).  The map is piecewise affine and injective:
-  $\mathrm{round}(X) = \mathrm{round}(\Psi)$, so
-  $\Psi = (X - (1-\tau)\,\mathrm{round}(X)) / \tau$ and $\log|\det J| = N^2 \log \tau$
-  on the image of the map (the cells shrunk by $\tau$ towards their permutations; the density
-  is zero in the gaps between them).  This is `RoundingBirkhoff`; its samples lie near, not
-  on, the polytope.
+and the last row and column follow from the sums.  The map is triangular in the filling
+order, so $\log|\det J| = \sum_{ij} \log(u_{ij} - \ell_{ij})$.  With
+$\beta = \sigma(\psi / \tau)$, $\psi \sim \mathcal N(\mu, \nu^2)$ this is
+`StickBreakingBirkhoff`.
+
+**Rounding** (their §3.2): $\Psi = \tilde M + V \odot Z$, $\tilde M = S(\log M)$ the Sinkhorn
+normalisation, $Z \sim \mathcal N(0, I)$, then
+$X = \tau \Psi + (1 - \tau)\,\mathrm{round}(\Psi)$ with $\mathrm{round}$ the nearest
+permutation (Hungarian algorithm).  The map is piecewise affine and injective:
+$\mathrm{round}(X) = \mathrm{round}(\Psi)$, so
+$\Psi = (X - (1-\tau)\,\mathrm{round}(X)) / \tau$ and $\log|\det J| = N^2 \log \tau$
+on the image of the map (the cells shrunk by $\tau$ towards their permutations; the density
+is zero in the gaps between them).  This is `RoundingBirkhoff`; its samples lie near, not
+on, the polytope.
 
 Densities are with respect to Lebesgue measure on the upper-left $(N-1)\times(N-1)$ block
 (stick-breaking) and on all $N^2$ entries (rounding).

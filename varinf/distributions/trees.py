@@ -190,8 +190,8 @@ class UniformTopology(TorchDistribution):
 
     Args:
         n_taxa: number of taxa $n \ge 3$.
-        batch_shape: batch shape of independent topologies.
-        validate_args: check `log_prob`'s values against the support.
+        batch_shape (tuple[int, ...]): batch shape of independent topologies.
+        validate_args (bool | None): check `log_prob`'s values against the support.
 
     Examples:
         >>> d = UniformTopology(5)

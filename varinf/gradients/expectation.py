@@ -63,7 +63,7 @@ class ExpectationLoss(PyroELBO):
     the guide's parameters (and of model parameters $f$ depends on) and returns the estimate
     of $\mathbb{E}_q[f]$.
 
-    Example:
+    Examples:
         >>> import pyro, pyro.distributions as dist, torch
         >>> from varinf.gradients import UnorderedSet
         >>> def model():

@@ -89,7 +89,7 @@ class RELAX(nn.Module, GradientEstimator):
     Its parameters ($\log\tau$, $\eta$, $\rho$) are ``self.parameters()``;
     give them an optimiser and call `backward` on every step.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.distributions import Bernoulli, Independent
         >>> eta = torch.zeros(3, requires_grad=True)

@@ -58,7 +58,7 @@ class GumbelSoftmax(GradientEstimator):
             ``ExponentialAnnealing``) whose ``value`` is read on every call; the training loop
             advances it with ``schedule.step()``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.distributions import OneHotCategorical
         >>> logits = torch.zeros(4, requires_grad=True)

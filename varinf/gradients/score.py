@@ -46,7 +46,7 @@ class ScoreFunction(GradientEstimator):
             (1-\beta)\,\overline{f}$ (a scalar over the batch; zero on the first call, which
             starts the average at the mean of its values).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.distributions import Bernoulli, Independent
         >>> eta = torch.zeros(3, requires_grad=True)

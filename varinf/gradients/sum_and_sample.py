@@ -29,7 +29,7 @@ from varinf.gradients.base import CategoricalView, GradientEstimator, Surrogate,
 class SumAndSample(GradientEstimator):
     r"""Exact sum over the $k-1$ most probable states plus one sample from the rest.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.distributions import Categorical
         >>> logits = torch.tensor([2.0, 1.0, 0.0, -1.0], requires_grad=True)

@@ -5,7 +5,7 @@ $d = 3$ independent Bernoullis with one shared logit $\eta$, $f(b) =
 $\sigma'(\eta) \sum_i (1 - 2 p_{0,i})$: $-0.0450$ at $\eta = 0$ and
 $-0.0032$ at $\eta = -4$.
 
-Example:
+Examples:
     >>> round(exact_gradient(0.0), 4), round(exact_gradient(-4.0), 4)
     (-0.045, -0.0032)
 """

@@ -127,12 +127,12 @@ def stochastic_beam_search(
 
     Stochastic beam search (Kool, van Hoof and Welling 2019, "Stochastic beams and where to
     find them"): factor by factor, every kept prefix $p$ with perturbed log-probability $G_p$
-    extends to its children $c$ with $	ilde G_{pc} = \log q(pc) + g_{pc}$, conditioned on their
+    extends to its children $c$ with $\tilde G_{pc} = \log q(pc) + g_{pc}$, conditioned on their
     maximum being $G_p$,
 
     $$
-    G_{pc} = -\logig(e^{-G_p} - e^{-Z_p} + e^{-	ilde G_{pc}}ig), \qquad
-    Z_p = \max_c 	ilde G_{pc},
+    G_{pc} = -\log\big(e^{-G_p} - e^{-Z_p} + e^{-\tilde G_{pc}}\big), \qquad
+    Z_p = \max_c \tilde G_{pc},
     $$
 
     and the $k$ largest are kept. The leaves' perturbed values are then distributed as
@@ -189,7 +189,7 @@ class UnorderedSet(GradientEstimator):
     factor, which works for any number of factors; ``"auto"`` enumerates up to
     ``MAX_JOINT_STATES`` states.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.distributions import Categorical
         >>> logits = torch.tensor([2.0, 1.0, 0.0, -1.0], requires_grad=True)

@@ -68,7 +68,7 @@ class VIMCOEstimator(GradientEstimator):
     r"""VIMCO for $\nabla\,\mathbb{E}[\log\frac1k\sum_i e^{f(z_i)}]$ (``f`` returns log
     weights). Note the target: not $\nabla\,\mathbb{E}[f]$ as for the other estimators.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.distributions import Categorical
         >>> logits = torch.zeros(3, requires_grad=True)

@@ -41,9 +41,11 @@ def flow_guide(
         hidden: Hidden width (or widths) of each layer's network.
 
     Returns:
-        A `pyro.infer.autoguide.AutoNormalizingFlow`; its parameters live in Pyro's param
-        store, so ``pyro.get_param_store().save(path)`` and ``.load(path)`` save and restore it
-        (the permutations between layers are buffers of the flow, saved with ``state_dict()``).
+        A `pyro.infer.autoguide.AutoNormalizingFlow`, an ``nn.Module``: save it with
+        ``torch.save(guide.state_dict(), path)``; to restore, build the same guide, call it once
+        (it builds its flow lazily, as Pyro's autoguides do), then
+        ``guide.load_state_dict(torch.load(path))``. The permutations between layers are
+        buffers, so they are saved too.
 
     Examples:
         >>> from models.energies import SumoMixture
