@@ -7,6 +7,7 @@ Every estimator answers through one call, `estimate(model, guide, *args, **kwarg
 from varinf.compare import Comparison, GradientVariance, compare, gradient_variance
 from varinf.estimate import Estimate, Estimator
 from varinf.estimators import (
+    CPO,
     ELBO,
     GECO,
     GLIS,
@@ -16,22 +17,48 @@ from varinf.estimators import (
     SUMO,
     VBIS,
     VIMCO,
+    AnnealedImportanceSampling,
     BetaPrimeLaplus,
+    BridgeSampling,
     FittedELBO,
     GammaLaplus,
+    GeneralizedSteppingStone,
+    HarmonicMean,
     ImportanceSampling,
     Laplace,
     LogNormalLaplus,
     MaximumLikelihood,
+    ModifiedPathSampling,
     NaiveMonteCarlo,
     NestedSampling,
+    PathSampling,
+    PointwisePredictiveDensity,
+    PosteriorRun,
+    PowerPosteriorRun,
     ScoreELBO,
+    SequentialMonteCarlo,
+    StabilizedHarmonicMean,
+    SteppingStone,
 )
 from varinf.gradients import EstimatorELBO
+from varinf.mcmc import MCMC, MCMCRun
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnnealedImportanceSampling",
+    "BridgeSampling",
+    "CPO",
+    "GeneralizedSteppingStone",
+    "HarmonicMean",
+    "ModifiedPathSampling",
+    "PathSampling",
+    "PointwisePredictiveDensity",
+    "PosteriorRun",
+    "PowerPosteriorRun",
+    "SequentialMonteCarlo",
+    "StabilizedHarmonicMean",
+    "SteppingStone",
     "ELBO",
     "GLIS",
     "GECO",
@@ -54,6 +81,8 @@ __all__ = [
     "Estimate",
     "Estimator",
     "GradientVariance",
+    "MCMC",
+    "MCMCRun",
     "NaiveMonteCarlo",
     "ScoreELBO",
     "compare",

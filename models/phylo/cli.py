@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from . import evidence_cli
 from .alignment import read_alignment
 from .errors import PhyloFormatError
 from .likelihood import log_likelihood
@@ -48,6 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="discrete-Gamma shape alpha (default: no rate variation)")  # fmt: skip
     loglik.add_argument("--gamma-categories", type=int, default=4)
     loglik.set_defaults(func=run_loglik)
+    evidence_cli.add_parser(commands)
     add_vbpi_parser(commands)
     return phylo
 

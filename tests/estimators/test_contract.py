@@ -26,6 +26,9 @@ EXPORTED = sorted(
 
 #: Cheaper (or extra) settings than the defaults, where the defaults would make this test slow.
 #: Keys are class names; estimators not listed run with their defaults.
+_POWER_POSTERIOR = {"num_steps": 2, "num_warmup": 10, "num_draws": 10}
+_POSTERIOR = {"num_warmup": 10, "num_draws": 20}
+_SMC = {"num_particles": 16, "num_groups": 2, "num_moves": 1, "num_leapfrog": 3}
 CHEAP = {
     "SUMO": {"num_particles": 3},
     "ImportanceSampling": {"num_particles": 200},
@@ -35,6 +38,21 @@ CHEAP = {
     "NestedSampling": {"num_live": 41, "max_calls": 1000},
     **{name: {"num_starts": 1} for name in ("MAP", "MaximumLikelihood", "Laplace")},
     **{name: {"num_starts": 1} for name in ("GammaLaplus", "LogNormalLaplus", "BetaPrimeLaplus")},
+    **dict.fromkeys(
+        ["SteppingStone", "PathSampling", "ModifiedPathSampling", "GeneralizedSteppingStone"],
+        _POWER_POSTERIOR,
+    ),
+    **dict.fromkeys(
+        [
+            "BridgeSampling",
+            "HarmonicMean",
+            "StabilizedHarmonicMean",
+            "CPO",
+            "PointwisePredictiveDensity",
+        ],
+        _POSTERIOR,
+    ),  # fmt: skip
+    **dict.fromkeys(["SequentialMonteCarlo", "AnnealedImportanceSampling"], _SMC),
 }
 
 #: Variants exercised on top of the defaults: the knobs of the guided estimators.

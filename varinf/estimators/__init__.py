@@ -1,7 +1,9 @@
 """Estimators of the log marginal likelihood, one module per family."""
 
+from varinf.estimators.bridge import BridgeSampling
 from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
 from varinf.estimators.geco import GECO
+from varinf.estimators.harmonic import HarmonicMean, StabilizedHarmonicMean
 from varinf.estimators.importance import GLIS, VBIS, ImportanceSampling
 from varinf.estimators.laplace import MAP, Laplace, MaximumLikelihood
 from varinf.estimators.laplus import BetaPrimeLaplus, GammaLaplus, LogNormalLaplus
@@ -9,9 +11,19 @@ from varinf.estimators.meanfield import FittedELBO
 from varinf.estimators.naive import NaiveMonteCarlo
 from varinf.estimators.nested import NestedSampling
 from varinf.estimators.objective import Objective, ParticleObjective
+from varinf.estimators.predictive import CPO, PointwisePredictiveDensity
+from varinf.estimators.runs import PosteriorRun, PowerPosteriorRun
+from varinf.estimators.smc import AnnealedImportanceSampling, SequentialMonteCarlo
 from varinf.estimators.sumo import SUMO
+from varinf.estimators.thermodynamic import (
+    GeneralizedSteppingStone,
+    ModifiedPathSampling,
+    PathSampling,
+    SteppingStone,
+)
 
 __all__ = [
+    "CPO",
     "ELBO",
     "GLIS",
     "GECO",
@@ -21,6 +33,11 @@ __all__ = [
     "SUMO",
     "VBIS",
     "VIMCO",
+    "AnnealedImportanceSampling",
+    "BridgeSampling",
+    "GeneralizedSteppingStone",
+    "HarmonicMean",
+    "ModifiedPathSampling",
     "BetaPrimeLaplus",
     "FittedELBO",
     "GammaLaplus",
@@ -32,5 +49,12 @@ __all__ = [
     "NestedSampling",
     "Objective",
     "ParticleObjective",
+    "PathSampling",
+    "PointwisePredictiveDensity",
+    "PosteriorRun",
+    "PowerPosteriorRun",
     "ScoreELBO",
+    "SequentialMonteCarlo",
+    "StabilizedHarmonicMean",
+    "SteppingStone",
 ]
