@@ -23,6 +23,7 @@ from .errors import PhyloFormatError
 from .likelihood import log_likelihood
 from .substitution import GTR, HKY, JC69, K80, discrete_gamma_rates
 from .trees import read_trees
+from .vbpi_cli import add_vbpi_parser
 
 __all__ = ["add_parser", "run_loglik"]
 
@@ -50,6 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     loglik.add_argument("--gamma-categories", type=int, default=4)
     loglik.set_defaults(func=run_loglik)
     evidence_cli.add_parser(commands)
+    add_vbpi_parser(commands)
     return phylo
 
 

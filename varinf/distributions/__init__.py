@@ -1,5 +1,5 @@
 """Pyro distributions and transforms: Concrete relaxations, Gumbel-Sinkhorn, Birkhoff polytope,
-tree topologies, normalizing flows."""
+tree topologies, subsplit Bayesian networks, normalizing flows."""
 
 from varinf.distributions.birkhoff import (
     RoundingBirkhoff,
@@ -23,6 +23,7 @@ from varinf.distributions.flows import (
     Permutation,
     build_flow,
 )
+from varinf.distributions.sbn import SBNSupport, SubsplitBayesianNetwork
 from varinf.distributions.sinkhorn import (
     GumbelSinkhorn,
     doubly_stochastic,
@@ -66,6 +67,8 @@ __all__ = [
     "RoundingTransform",
     "StickBreakingBirkhoff",
     "StickBreakingBirkhoffTransform",
+    "SBNSupport",
+    "SubsplitBayesianNetwork",
     "PhyloFormatError",
     "UniformTopology",
     "canonicalize",
