@@ -255,8 +255,8 @@ def test_compare_on_a_local_dask_cluster_matches_serial():
     serial = compare(estimators, problem.model, guide, repeats=6, seed=3, progress=False)
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,  # ":0": any free port, so a dashboard elsewhere on 8787 does not clash
         distributed.Client(cluster) as client,
     ):
         pooled = compare(
