@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.distributions import Exponential
 
-from models.phylo import phylo_model, read_alignment, read_trees
+from models.phylo import datasets, phylo_model, read_alignment, read_trees
 from models.phylo.credible import log_density_hessian
 from varinf import (
     GLIS,
@@ -37,7 +37,7 @@ from varinf import (
     NestedSampling,
 )
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "phylo"
+DATA = datasets.root()  # the shipped data, laid out as ../shared/data/phylo
 REFERENCE = -7036.5
 
 

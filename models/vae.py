@@ -111,9 +111,3 @@ class DigitsVAE(nn.Module):
         if self.decoder_kind == "bernoulli":
             return dist.Bernoulli(logits=out).to_event(1)
         return dist.Normal(out, self.decoder.log_scale.exp()).to_event(1)
-
-    @torch.no_grad()
-    def reconstruction_error(self, x: torch.Tensor) -> float:
-        r"""Mean over images of $-\log p(x \mid z = \mu_\phi(x))$ (nats per image)."""
-        loc, _ = self.encoder(x)
-        return -self.likelihood(loc).log_prob(x).mean().item()

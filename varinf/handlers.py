@@ -170,10 +170,7 @@ def _num_uniforms(fn) -> int:
         return _num_uniforms(fn.base_dist)
     if isinstance(fn, torch.distributions.TransformedDistribution):
         # the base may be smaller than the sample (e.g. a stick-breaking transform)
-        base = fn.base_dist
-        batch = math.prod(fn.batch_shape)
-        base_batch = max(math.prod(base.batch_shape), 1)
-        return _num_uniforms(base) * (batch // base_batch if batch > base_batch else 1)
+        return _num_uniforms(fn.base_dist)
     if isinstance(fn, torch.distributions.LowRankMultivariateNormal):
         rank = fn.cov_factor.shape[-1]
         return math.prod(fn.batch_shape) * (rank + fn.event_shape[0])
@@ -218,7 +215,7 @@ def _quantile(fn, u, name):
         # an exact base draw through any deterministic map is an exact draw of the result
         for transform in fn.transforms:
             value = transform(value)
-        return value.expand(fn.batch_shape + fn.event_shape)
+        return value
     if getattr(fn, "has_rsample", False):
         try:
             return fn.icdf(u.reshape(fn.batch_shape + fn.event_shape))
