@@ -189,7 +189,8 @@ class _Run:
             terms = torch.cat([torch.tensor([log_z]), self.live_log_l[removed] + log_width])
             log_z, log_x = terms.logsumexp(0).item(), log_x_after[-1].item()
             bound = self.live_log_l[removed[-1]]
-            new_u, new_l = self.replace(self.live_u[kept], self.live_log_l[kept], bound)
+            chol = self.proposal_scale(self.live_u)
+            new_u, new_l = self.replace(self.live_u[kept], self.live_log_l[kept], bound, chol)
             self.live_u = torch.cat([self.live_u[kept], new_u])
             self.live_log_l = torch.cat([self.live_log_l[kept], new_l])
             self.iterations += 1
@@ -200,15 +201,21 @@ class _Run:
             f"stopped at max_iterations={self.options.max_iterations} before dlogz was reached"
         )
 
-    def replace(self, survivors: torch.Tensor, survivors_log_l: torch.Tensor, bound):
+    @staticmethod
+    def proposal_scale(live: torch.Tensor) -> torch.Tensor:
+        r"""Cholesky factor of the live points' covariance, shrunk by 10 % towards its diagonal:
+        with fewer live points than dimensions the sample covariance is singular, and walks
+        along it alone would never leave the live points' affine hull."""
+        centred = live - live.mean(0)
+        covariance = centred.T @ centred / max(len(live) - 1, 1)
+        shrunk = 0.9 * covariance + 0.1 * torch.diag(covariance.diagonal().clamp(min=1e-300))
+        return torch.linalg.cholesky(shrunk)
+
+    def replace(self, survivors: torch.Tensor, survivors_log_l: torch.Tensor, bound, chol):
         """``K`` constrained walks from random survivors, all in lockstep (batched calls)."""
         k = self.options.num_replace
         start = torch.randint(len(survivors), (k,))
         u, log_l = survivors[start].clone(), survivors_log_l[start].clone()
-        centred = survivors - survivors.mean(0)
-        covariance = centred.T @ centred / max(len(survivors) - 1, 1)
-        eye = torch.eye(self.dim, dtype=torch.float64)
-        chol = torch.linalg.cholesky(covariance + 1e-12 * eye)
         moved = torch.zeros(k, dtype=torch.bool)
         accepted = 0
         for _ in range(self.walks):
