@@ -27,13 +27,13 @@ from varinf import (
     GLIS,
     MAP,
     VBIS,
+    BatchedNestedSampling,
     BetaPrimeLaplus,
     FittedELBO,
     GammaLaplus,
     ImportanceSampling,
     Laplace,
     LogNormalLaplus,
-    BatchedNestedSampling,
     MaximumLikelihood,
 )
 
