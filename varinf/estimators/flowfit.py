@@ -10,9 +10,9 @@ It starts at the Laplace fit: $\mu = \hat z$, $L L^\top = (-H)^{-1}$, and each l
 network zeroed so that $f$ starts as the identity (up to the fixed permutations, which leave
 $N(0, I)$ unchanged); the flow then only has to learn what the Gaussian misses (skew, curved
 ridges, heavy tails). Every parameter is fitted by Adam on the reparameterised ELBO
-$\mathbb E_q[\log\pi(z) - \log q(z)]$, the learning rate decayed linearly to 0 so that the final iterate (the proposal) is not
-a noisy one, all particles of a step in one batched potential call
-(Rezende and Mohamed 2015, "Variational inference with normalizing flows").
+$\mathbb E_q[\log\pi(z) - \log q(z)]$, all particles of a step in one batched potential
+call, the learning rate decayed linearly to 0 so that the final iterate (the proposal) is not
+a noisy one (Rezende and Mohamed 2015, "Variational inference with normalizing flows").
 """
 
 from __future__ import annotations
