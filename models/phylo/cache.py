@@ -146,8 +146,8 @@ class LikelihoodCache:
     def patterns(self):
         """The alignment's `models.phylo.clade_table.CladePatterns` (built on first use)."""
         if self._patterns is None:
-            from .batch_layout import ProbeSchedule
             from .clade_table import CladePatterns
+            from .probes import ProbeSchedule
 
             self._patterns = CladePatterns(self.tips, self)
             self.probes = ProbeSchedule(self)

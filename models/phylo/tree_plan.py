@@ -30,6 +30,7 @@ class RepeatPlan:
             `None` where the gather would be the identity.
         sizes: $K_v$ per node.
         root_ids: `(P,)` distinct root pattern of every site pattern.
+        columns: per row, the children's columns `(i_a, i_b)` as numpy arrays.
         leaf_cols: per row, each leaf child's tip columns at the row's patterns (else `None`).
     """
 
@@ -40,13 +41,14 @@ class RepeatPlan:
         ids = {c: patterns.known(1 << c)[0] for c in range(n)}
         self.sizes = {c: int(ids[c].max()) + 1 for c in range(n)}
         self.tips = [patterns.tip_columns[c, :, : self.sizes[c]].to(tips) for c in range(n)]
-        self.index, self.leaf_cols = [], []
+        self.index, self.leaf_cols, self.columns = [], [], []
         for j, (a, b) in enumerate(rows):
             hit = patterns.known(keys[n + j])
             if hit is None:
                 hit = patterns.combine(keys[n + j], ids[a], ids[b], self.sizes[b])
             ids[n + j], reps = hit
-            x = torch.from_numpy(np.stack([ids[a][reps], ids[b][reps]])).to(device)
+            self.columns.append((ids[a][reps], ids[b][reps]))
+            x = torch.from_numpy(np.stack(self.columns[-1])).to(device)
             self.sizes[n + j] = x.shape[1]
             identity = [x.shape[1] == self.sizes[c] and bool(
                 (x[s] == torch.arange(x.shape[1], device=device)).all())
@@ -57,7 +59,18 @@ class RepeatPlan:
             cols = [None if c >= n else self.tips[c][:, x[s]] for s, c in enumerate((a, b))]
             self.leaf_cols.append(tuple(cols))
         self.root_ids = patterns.root_ids(device)
-        self.rows, self._steps = rows, {}
+        self.rows, self._steps, self._waves = rows, {}, None
+        self._tip_columns = patterns.tip_columns
+
+    @property
+    def waves(self):
+        """The level schedule of these columns (`models.phylo.waves.WavePlan`), built on
+        first use."""
+        if self._waves is None:
+            from .waves import WavePlan
+
+            self._waves = WavePlan(self, self._tip_columns)
+        return self._waves
 
     def expanded(self, width: int) -> list[tuple]:
         """`index` with each index expanded to `(width, 4, K)` (views, kept per width)."""
