@@ -89,6 +89,14 @@ class TreeLayout:
         self.complete = all(i is not None for i in ids.values())
         self._columns = None
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held once used, for the cache's bound: its step arrays, its columns and its
+        index row (two int64 entries per column each; counted before they are built, since
+        the cache measures a layout when it keeps it)."""
+        arrays = self.nodes.nbytes + self.child_steps.nbytes + self.sizes.nbytes
+        return arrays + 2 * 16 * int(self.sizes.sum())
+
     def row(self, layout: Layout, leaf_end: int, leaf_width: int, cache) -> np.ndarray:
         """This tree's index row in `layout` (`_assemble` for a batch of one), kept."""
         if getattr(self, "_row_version", None) != layout.version:
@@ -251,6 +259,11 @@ class BatchPlan:
         self.n, self.steps, self.leaf_width = n, steps, leaf_width
 
 
+def _plan_nbytes(plan: BatchPlan) -> int:
+    """Bytes of the index tensors a kept `BatchPlan` owns (tips and root ids are shared)."""
+    return sum(t.numel() * t.element_size() for t in [*plan.index, plan.trans_index]) + 64
+
+
 def batch_plan_for(cache, children: Tensor, keep: bool) -> BatchPlan:
     """The `BatchPlan` of topologies `(N, n-1, 2)`: kept once the same batch comes a second
     time (a fixed set of topologies evaluated at every step), else built in scratch memory
@@ -264,7 +277,7 @@ def batch_plan_for(cache, children: Tensor, keep: bool) -> BatchPlan:
         return BatchPlan(cache, children, reuse=not keep)
     plan = BatchPlan(cache, children)
     if plan.worthwhile:
-        plans.put(("batch", table), plan)
+        plans.put(("batch", table), plan, _plan_nbytes(plan))
     return plan
 
 

@@ -72,6 +72,14 @@ class RepeatPlan:
             self._waves = WavePlan(self, self._tip_columns)
         return self._waves
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the storages this plan owns, for the cache's bound (`tips` are views of
+        the alignment's tip columns, and the expanded `steps` views of `index`)."""
+        owned = [t for pair in (*self.index, *self.leaf_cols) for t in pair if t is not None]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in owned}
+        return sum(storages.values())
+
     def expanded(self, width: int) -> list[tuple]:
         """`index` with each index expanded to `(width, 4, K)` (views, kept per width)."""
         return [tuple(idx for _, idx, _ in row) for row in self.steps(width)]

@@ -1,5 +1,6 @@
 """The per-alignment `LikelihoodCache`: bounded, clearable, and it remembers underflow."""
 
+import numpy as np
 import torch
 
 import models.phylo.pruning as pruning
@@ -84,3 +85,65 @@ def test_underflow_is_remembered_on_1200_taxa(monkeypatch):
     cache.clear()
     _loglik(tips, weights, children, lengths, cache)
     assert unscaled == [True, True]  # forgotten with the rest
+
+
+def _address(array) -> int:
+    if torch.is_tensor(array):
+        return array.untyped_storage().data_ptr()
+    return (array.base if array.base is not None else array).__array_interface__["data"][0]
+
+
+def _held_bytes(value, shared: set) -> int:
+    """Bytes of the arrays and tensors reachable from a cached value, each storage once,
+    leaving out storages in ``shared`` (the alignment's, which the cache owns apart)."""
+    seen, total, stack = set(shared), 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor | np.ndarray):
+            key = _address(item)
+            if key not in seen:
+                seen.add(key)
+                total += (
+                    item.untyped_storage().nbytes()
+                    if torch.is_tensor(item)
+                    else ((item.base if item.base is not None else item).nbytes)
+                )
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif hasattr(item, "__dict__") and not isinstance(item, LikelihoodCache):
+            stack.extend(v for k, v in vars(item).items() if k != "patterns")
+    return total
+
+
+def test_cached_values_count_the_memory_they_hold():
+    # a VBPI run meets new topologies every step: if a kept layout or plan under-reports its
+    # size, the byte bound holds on paper while the process grows without end
+    aln = _random_alignment(12, 300, seed=5)
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    cache = LikelihoodCache(tips, max_bytes=1 << 22)
+    cache.probe_first = cache.probe_last = 0
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.full((4, 21), 0.1, dtype=torch.float64)
+    topologies = [random_topologies(12, 4, g) for _ in range(6)]
+    for topo in topologies * 2:  # the second sighting keeps layouts and plans
+        _loglik(tips, weights, topo, lengths, cache)
+        _loglik(tips, weights, topo[0], lengths[0], cache)
+    patterns = cache.patterns
+    owned_apart = [
+        patterns.tip_columns,
+        patterns.root_ids(tips.device),
+        patterns.sites,
+        *(a for ids_reps in patterns._leaves for a in ids_reps),
+        *(a for value, _ in cache.tables["clades"]._table.values() for a in value),
+    ]
+    shared = {_address(a) for a in owned_apart}  # counted by the clade tables, or the alignment's
+    checked = 0
+    for name in ("trees", "plans"):
+        for value, declared in cache.tables[name]._table.values():
+            if isinstance(value, bool):
+                continue
+            assert _held_bytes(value, shared) <= declared, (name, type(value).__name__)
+            checked += 1
+    assert checked >= 6
