@@ -51,7 +51,7 @@ from .repeats import (
 )
 from .scaled import Schedule, backward_batched, backward_shared, forward_batched, forward_shared
 from .tree_plan import plan_for
-from .waves import backward_waves, forward_waves
+from .waves import WAVES_UP_TO, backward_waves, forward_waves
 
 __all__ = ["Path", "Pruning"]
 
@@ -60,10 +60,7 @@ _TINY_SCALE = 1e-200  # below this, partials were rescaled too rarely: redo ever
 # one, so every node's largest partial entry is at least the likelihood: above this bound no
 # partial lost more than ~1e-18 of it to underflow (float64's smallest normal is 2.2e-308).
 _SAFE_UNSCALED = 1e-290
-# particles x rate categories up to which one topology is pruned level by level (Path.WAVES:
-# few, wide operations, for when dispatch dominates) rather than node by node (REPEATS:
-# no padded columns, for when memory traffic dominates); measured on DS1
-_WAVES_UP_TO = 8
+_WAVES_UP_TO = WAVES_UP_TO  # particles x categories pruned level by level (Path.WAVES)
 
 # the kernels, looked up here at call time (tests spy on them)
 _forward_shared, _forward_batched = forward_shared, forward_batched

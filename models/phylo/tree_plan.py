@@ -13,6 +13,8 @@ import torch
 
 from varinf.distributions.trees import clade_keys
 
+from .waves import WavePlan
+
 __all__ = ["RepeatPlan", "plan_for"]
 
 
@@ -31,6 +33,7 @@ class RepeatPlan:
         sizes: $K_v$ per node.
         root_ids: `(P,)` distinct root pattern of every site pattern.
         columns: per row, the children's columns `(i_a, i_b)` as numpy arrays.
+        waves: the level schedule of these columns (`models.phylo.waves.WavePlan`).
         leaf_cols: per row, each leaf child's tip columns at the row's patterns (else `None`).
     """
 
@@ -59,18 +62,8 @@ class RepeatPlan:
             cols = [None if c >= n else self.tips[c][:, x[s]] for s, c in enumerate((a, b))]
             self.leaf_cols.append(tuple(cols))
         self.root_ids = patterns.root_ids(device)
-        self.rows, self._steps, self._waves = rows, {}, None
-        self._tip_columns = patterns.tip_columns
-
-    @property
-    def waves(self):
-        """The level schedule of these columns (`models.phylo.waves.WavePlan`), built on
-        first use."""
-        if self._waves is None:
-            from .waves import WavePlan
-
-            self._waves = WavePlan(self, self._tip_columns)
-        return self._waves
+        self.rows, self._steps = rows, {}
+        self.waves = WavePlan(self, patterns.tip_columns)  # the level schedule, for few particles
 
     @property
     def nbytes(self) -> int:
@@ -78,7 +71,8 @@ class RepeatPlan:
         the alignment's tip columns, and the expanded `steps` views of `index`)."""
         owned = [t for pair in (*self.index, *self.leaf_cols) for t in pair if t is not None]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in owned}
-        return sum(storages.values())
+        columns = sum(a.nbytes for pair in self.columns for a in pair)
+        return sum(storages.values()) + columns + self.waves.nbytes
 
     def expanded(self, width: int) -> list[tuple]:
         """`index` with each index expanded to `(width, 4, K)` (views, kept per width)."""

@@ -34,7 +34,13 @@ from torch import Tensor
 
 from .partials import root_likelihood
 
-__all__ = ["WavePlan", "WavesState", "backward_waves", "forward_waves"]
+__all__ = ["WAVES_UP_TO", "WavePlan", "WavesState", "backward_waves", "forward_waves"]
+
+# particles x rate categories up to which one topology is pruned level by level (few, wide
+# operations, for when dispatch dominates) rather than node by node
+# (`models.phylo.repeats.forward_repeats`: no padded columns and no per-element index, for
+# when memory traffic dominates); measured on DS1
+WAVES_UP_TO = 8
 
 
 def _group(nodes: list[int], sizes: dict[int, int]) -> list[list[int]]:
@@ -97,49 +103,48 @@ class WavePlan:
                 column += len(wave) * width
         self.columns = column  # buffer entries: 4 * N*C per column
         self.nodes = torch.tensor(order[:-1], device=tip_columns.device)  # the root is last
-        self._index: dict[int, list[Tensor]] = {}
-        self._views: tuple = (None, None)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, for the cache's bound: the column arrays (the element index, which grows
+        with the batch, is built with the buffer's views and kept by the cache)."""
+        return sum(cols.nbytes for cols, _ in self._columns) + self.nodes.numel() * 8
 
     def views(self, buffer: Tensor, nc: int) -> tuple[Tensor, list[tuple]]:
         """The leaves' block of `buffer` `(n, nc*4, KL)` and, per wave, `(index, shape of its
-        gathered children, its messages' block or None for the root)`: views made once
-        for as long as the cache hands out the same buffer (a dozen fewer tensor
-        operations per call, a tenth of the time on DS1)."""
-        key = (buffer.data_ptr(), buffer.dtype, nc)
-        if self._views[0] != key:
-            kl = self.tip_columns.shape[-1]
-            end = self.n * nc * 4 * kl
-            leaves, steps = buffer[:end].view(self.n, nc * 4, kl), []
-            for w, ((_, count, width), index) in enumerate(zip(self.waves, self.index(nc),
-                                                               strict=True)):  # fmt: skip
-                shape, out = (2, count * nc, 4, width), None
-                if w < len(self.waves) - 1:
-                    size = count * nc * 4 * width
-                    out, end = buffer[end : end + size].view(shape[1:]), end + size
-                steps.append((index, shape, out))
-            self._views = (key, (leaves, steps))
-        return self._views[1]
+        gathered children, its messages' block or None for the root)`."""
+        kl = self.tip_columns.shape[-1]
+        end = self.n * nc * 4 * kl
+        leaves, steps = buffer[:end].view(self.n, nc * 4, kl), []
+        for w, ((_, count, width), index) in enumerate(zip(self.waves, self._entries(nc),
+                                                           strict=True)):  # fmt: skip
+            shape, out = (2, count * nc, 4, width), None
+            if w < len(self.waves) - 1:
+                size = count * nc * 4 * width
+                out, end = buffer[end : end + size].view(shape[1:]), end + size
+            steps.append((index, shape, out))
+        return leaves, steps
 
-    def index(self, nc: int) -> list[Tensor]:
+    def _entries(self, nc: int) -> list[Tensor]:
         """Per wave, `(2 * count * nc * 4 * width,)` buffer entries of the first children's
-        columns, then of the second's, for `nc` batch elements (kept per `nc`)."""
-        if nc not in self._index:
-            batch = np.arange(nc)[:, None, None] * 4 + np.arange(4)[:, None]  # (nc, 4, 1)
-            out = []
-            for cols, kids in self._columns:
-                where = np.array([[self._where[c] for c in pair] for pair in kids])  # (count,2,3)
-                first, place, width = (where[..., k].T[:, :, None, None, None] for k in range(3))
-                entry = 4 * nc * (first + place * width) + batch * width + cols[:, :, None, None]
-                out.append(torch.from_numpy(entry.ravel()).to(self.nodes.device))
-            self._index[nc] = out
-        return self._index[nc]
+        columns, then of the second's, for `nc` batch elements."""
+        batch = np.arange(nc)[:, None, None] * 4 + np.arange(4)[:, None]  # (nc, 4, 1)
+        out = []
+        for cols, kids in self._columns:
+            where = np.array([[self._where[c] for c in pair] for pair in kids])  # (count,2,3)
+            first, place, width = (where[..., k].T[:, :, None, None, None] for k in range(3))
+            entry = 4 * nc * (first + place * width) + batch * width + cols[:, :, None, None]
+            out.append(torch.from_numpy(entry.ravel()).to(self.nodes.device))
+        return out
 
 
 @dataclass
 class WavesState:
-    """What `backward_waves` needs: the plan and each wave's gathered children and partials."""
+    """What `backward_waves` needs: the plan, its steps (`WavePlan.views`) and each wave's
+    gathered children and partials."""
 
     plan: WavePlan
+    steps: list[tuple]
     saved: list[tuple[Tensor, Tensor]]
 
 
@@ -158,8 +163,11 @@ def forward_waves(trans_n, plan: WavePlan, freqs, cat_w, weights, keep, cache):
     weights, smallest likelihood)."""
     n, (n_batch, n_cat) = plan.n, trans_n.shape[1:3]
     nc = n_batch * n_cat
-    buffer = cache.workspace("wave messages", (4 * nc * plan.columns,), trans_n)
-    leaves, steps = plan.views(buffer, nc)
+    # views made once for as long as the cache hands out the same buffer: a dozen fewer
+    # tensor operations a call, a tenth of the time on DS1
+    buffer, (leaves, steps) = cache.workspace_views(
+        "wave messages", (4 * nc * plan.columns,), trans_n, (plan, nc), plan.views
+    )
     torch.bmm(trans_n[:n].view(n, nc * 4, 4), plan.tip_columns, out=leaves)
     saved = []
     for (index, shape, out), mats in zip(steps, _wave_mats(trans_n, plan) + (None,),
@@ -173,7 +181,7 @@ def forward_waves(trans_n, plan: WavePlan, freqs, cat_w, weights, keep, cache):
     root = part.view(n_batch, n_cat, 4, -1)
     lik = root_likelihood(root, freqs, cat_w)  # (N, K_root)
     root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    return lik.log(), WavesState(plan, saved), lik, root, root_w, lik.min()
+    return lik.log(), WavesState(plan, steps, saved), lik, root, root_w, lik.min()
 
 
 def backward_waves(trans_n, state: WavesState, g):
@@ -186,7 +194,7 @@ def backward_waves(trans_n, state: WavesState, g):
     n, (n_batch, n_cat) = plan.n, trans_n.shape[1:3]
     nc, kl = n_batch * n_cat, plan.tip_columns.shape[-1]
     upper = trans_n.new_zeros(4 * nc * plan.columns)  # U of every buffer entry
-    mats, index = _wave_mats(trans_n, plan), plan.index(nc)
+    mats, index = _wave_mats(trans_n, plan), [index for index, _, _ in state.steps]
     ends = np.cumsum([n * nc * 4 * kl] + [count * nc * 4 * width
                                           for _, count, width in plan.waves[:-1]])  # fmt: skip
     g = g.reshape(nc, 4, -1)  # the root's wave: one node
