@@ -51,6 +51,7 @@ from .repeats import (
 )
 from .scaled import Schedule, backward_batched, backward_shared, forward_batched, forward_shared
 from .tree_plan import plan_for
+from .waves import WAVES_UP_TO, backward_waves, forward_waves
 
 __all__ = ["Path", "Pruning"]
 
@@ -59,6 +60,7 @@ _TINY_SCALE = 1e-200  # below this, partials were rescaled too rarely: redo ever
 # one, so every node's largest partial entry is at least the likelihood: above this bound no
 # partial lost more than ~1e-18 of it to underflow (float64's smallest normal is 2.2e-308).
 _SAFE_UNSCALED = 1e-290
+_WAVES_UP_TO = WAVES_UP_TO  # particles x categories pruned level by level (Path.WAVES)
 
 # the kernels, looked up here at call time (tests spy on them)
 _forward_shared, _forward_batched = forward_shared, forward_batched
@@ -67,7 +69,8 @@ _forward_shared, _forward_batched = forward_shared, forward_batched
 class Path(enum.Enum):
     """The pruning paths of the module docstring's table."""
 
-    REPEATS = "unscaled, one topology, distinct clade columns"
+    WAVES = "unscaled, one topology, distinct clade columns, level by level"
+    REPEATS = "unscaled, one topology, distinct clade columns, node by node"
     BATCH_REPEATS = "unscaled, a topology per element, distinct clade columns"
     SHARED = "every site pattern, one topology"
     BATCHED = "every site pattern, a topology per element"
@@ -89,6 +92,9 @@ def _unscaled_repeats(trans_n, tips, sched, children, freqs, cat_w, weights, kee
     if sched.shared:
         plan = plan_for(cache, children)
         sched.rows = plan.rows
+        if trans_n.shape[1] * trans_n.shape[2] <= _WAVES_UP_TO:
+            return Path.WAVES, forward_waves(trans_n, plan.waves, freqs, cat_w, weights,
+                                             keep, cache)  # fmt: skip
         return Path.REPEATS, forward_repeats(trans_n, plan, plan.rows, freqs, cat_w, weights,
                                              keep)  # fmt: skip
     plan = batch_plan_for(cache, children, keep)
@@ -178,6 +184,7 @@ class Pruning(torch.autograd.Function):
         g = cat_w[:, :, None, None] * freqs[:, None, :, None] * root_coef
         sched, state = ctx.sched, ctx.state
         grad_trans = {
+            Path.WAVES: lambda: backward_waves(trans_n, state, g),
             Path.REPEATS: lambda: backward_repeats(sched.rows, trans_n, state, g),
             Path.BATCH_REPEATS: lambda: backward_batched_repeats(trans_n, state, g),
             Path.SHARED: lambda: backward_shared(sched.rows, trans_n, tips, state, g),
