@@ -11,14 +11,18 @@ result is safe; each records a small dataclass with what its backward pass needs
 
 | path | runs when | rescaling | kernel |
 | --- | --- | --- | --- |
-| `Path.REPEATS` | one topology, `optimistic`, no underflow seen | none | `forward_repeats` |
+| `Path.WAVES` | one topology, `optimistic`, no underflow, $NC \le 8$ (c) | none | `forward_waves` |
+| `Path.REPEATS` | one topology, `optimistic`, no underflow, $NC > 8$ | none | `forward_repeats` |
 | `Path.BATCH_REPEATS` | clades recur (a), no underflow seen | none | `forward_batched_repeats` |
 | `Path.SHARED` | one topology, otherwise | 0 (b), `every`, 1 | `forward_shared` |
 | `Path.BATCHED` | a topology per element, otherwise | 0 (b), `every`, 1 | `forward_batched` |
 
 Why: (a) `optimistic`, and the batch's clades recur enough to pay for the set-up
 (`models.phylo.batch_layout.BatchPlan.worthwhile`); (b) the unscaled pass over every pattern
-first, when `optimistic` but a batch's clades do not recur. The repeats paths prune distinct
+first, when `optimistic` but a batch's clades do not recur; (c) $N$ batch elements times $C$
+rate categories: with few, a pass is all dispatch overhead and `models.phylo.waves` prunes a
+whole level of the tree per operation; with many, memory traffic dominates and the
+node-by-node pass wastes no padded columns. The repeats paths prune distinct
 clade columns only (`models.phylo.repeats`; DS1: 5118 of 24284 columns); `SHARED` keeps a
 tensor per node, a small working set; `BATCHED` gathers from node-major buffers
 (`models.phylo.scaled`).
