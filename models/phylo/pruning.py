@@ -11,8 +11,8 @@ result is safe; each records a small dataclass with what its backward pass needs
 
 | path | runs when | rescaling | kernel |
 | --- | --- | --- | --- |
-| `Path.WAVES` | one topology, `optimistic`, no underflow, $NC \le 8$ (c) | none | `forward_waves` |
-| `Path.REPEATS` | one topology, `optimistic`, no underflow, $NC > 8$ | none | `forward_repeats` |
+| `Path.WAVES` | one topology, `optimistic`, no underflow, $NC \le 4$ (c) | none | `forward_waves` |
+| `Path.REPEATS` | one topology, `optimistic`, no underflow, $NC > 4$ | none | `forward_repeats` |
 | `Path.BATCH_REPEATS` | clades recur (a), no underflow seen | none | `forward_batched_repeats` |
 | `Path.SHARED` | one topology, otherwise | 0 (b), `every`, 1 | `forward_shared` |
 | `Path.BATCHED` | a topology per element, otherwise | 0 (b), `every`, 1 | `forward_batched` |
