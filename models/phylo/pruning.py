@@ -167,6 +167,7 @@ class Pruning(torch.autograd.Function):
             ctx.save_for_backward(trans_n, freqs, cat_w, tips, scaled_w, lik, root, trans)
             ctx.path, ctx.sched, ctx.state = path, sched, state
             ctx.per_pattern, ctx.pattern_w, ctx.root_ids = per_pattern, weights, root_ids
+            ctx.cache = cache  # its scratch workspaces serve the backward pass
         if per_pattern:  # n_p log L_p (N, P)
             return (logl if root_ids is None else logl[:, root_ids]) * weights
         return (logl * scaled_w).sum(-1)
@@ -188,11 +189,11 @@ class Pruning(torch.autograd.Function):
         g = cat_w[:, :, None, None] * freqs[:, None, :, None] * root_coef
         sched, state = ctx.sched, ctx.state
         grad_trans = {
-            Path.WAVES: lambda: backward_waves(trans_n, state, g),
+            Path.WAVES: lambda: backward_waves(trans_n, state, g, ctx.cache),
             Path.REPEATS: lambda: backward_repeats(sched.rows, trans_n, state, g),
-            Path.BATCH_REPEATS: lambda: backward_batched_repeats(trans_n, state, g),
+            Path.BATCH_REPEATS: lambda: backward_batched_repeats(trans_n, state, g, ctx.cache),
             Path.SHARED: lambda: backward_shared(sched.rows, trans_n, tips, state, g),
-            Path.BATCHED: lambda: backward_batched(sched, trans_n, tips, state, g),
+            Path.BATCHED: lambda: backward_batched(sched, trans_n, tips, state, g, ctx.cache),
         }[ctx.path]()
         return grad_trans, grad_freqs, grad_cat, *([None] * 7)
 

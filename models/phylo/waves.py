@@ -197,7 +197,7 @@ def forward_waves(trans_n, plan: WavePlan, freqs, cat_w, weights, keep, cache):
     return lik.log(), WavesState(plan, steps, saved), lik, root, root_w, lik.min()
 
 
-def backward_waves(trans_n, state: WavesState, g):
+def backward_waves(trans_n, state: WavesState, g, cache):
     r"""Pre-order pass of `forward_waves`, wave by wave from the root: a wave's outside
     partials are $G_v = P_v^\top U_v$ from the summed outside messages $U_v$ of its
     columns, its edges' gradients $U_v L_v^\top$, and $G_v$ times each child's sibling
@@ -206,7 +206,9 @@ def backward_waves(trans_n, state: WavesState, g):
     plan, saved = state.plan, state.saved
     n, (n_batch, n_cat) = plan.n, trans_n.shape[1:3]
     nc, kl = n_batch * n_cat, plan.tip_columns.shape[-1]
-    upper = trans_n.new_zeros(4 * nc * plan.columns)  # U of every buffer entry
+    # U of every buffer entry, in the cache's scratch memory (nothing returned refers to it)
+    upper = cache.workspace("wave outside messages", (4 * nc * plan.columns,), trans_n)
+    upper.zero_()
     mats, index = _wave_mats(trans_n, plan), [step[0] for step in state.steps]
     ends = np.cumsum([n * nc * 4 * kl] + [count * nc * 4 * width
                                           for _, count, width in plan.waves[:-1]])  # fmt: skip
