@@ -212,7 +212,9 @@ class BatchPlan:
         self.examined, self.worthwhile = cache.probes.should_try(), False
         if not self.examined:
             return
-        if not may_pay(cache, children.cpu().numpy()):  # cheap: no layouts built
+        # a probe after batches that did not pay first bounds the width cheaply; while
+        # batches pay, their layouts are kept and the bound would only add its cost
+        if not cache.probes.paying and not may_pay(cache, children.cpu().numpy()):
             cache.probes.record(False)
             return
         trees = [tree_layout(cache, tree) for tree in children.cpu().numpy()]

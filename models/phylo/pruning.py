@@ -11,14 +11,18 @@ result is safe; each records a small dataclass with what its backward pass needs
 
 | path | runs when | rescaling | kernel |
 | --- | --- | --- | --- |
-| `Path.REPEATS` | one topology, `optimistic`, no underflow seen | none | `forward_repeats` |
+| `Path.WAVES` | one topology, `optimistic`, no underflow, $NC \le 4$ (c) | none | `forward_waves` |
+| `Path.REPEATS` | one topology, `optimistic`, no underflow, $NC > 4$ | none | `forward_repeats` |
 | `Path.BATCH_REPEATS` | clades recur (a), no underflow seen | none | `forward_batched_repeats` |
 | `Path.SHARED` | one topology, otherwise | 0 (b), `every`, 1 | `forward_shared` |
 | `Path.BATCHED` | a topology per element, otherwise | 0 (b), `every`, 1 | `forward_batched` |
 
 Why: (a) `optimistic`, and the batch's clades recur enough to pay for the set-up
 (`models.phylo.batch_layout.BatchPlan.worthwhile`); (b) the unscaled pass over every pattern
-first, when `optimistic` but a batch's clades do not recur. The repeats paths prune distinct
+first, when `optimistic` but a batch's clades do not recur; (c) $N$ batch elements times $C$
+rate categories: with few, a pass is all dispatch overhead and `models.phylo.waves` prunes a
+whole level of the tree per operation; with many, memory traffic dominates and the
+node-by-node pass wastes no padded columns. The repeats paths prune distinct
 clade columns only (`models.phylo.repeats`; DS1: 5118 of 24284 columns); `SHARED` keeps a
 tensor per node, a small working set; `BATCHED` gathers from node-major buffers
 (`models.phylo.scaled`).
@@ -163,6 +167,7 @@ class Pruning(torch.autograd.Function):
             ctx.save_for_backward(trans_n, freqs, cat_w, tips, scaled_w, lik, root, trans)
             ctx.path, ctx.sched, ctx.state = path, sched, state
             ctx.per_pattern, ctx.pattern_w, ctx.root_ids = per_pattern, weights, root_ids
+            ctx.cache = cache  # its scratch workspaces serve the backward pass
         if per_pattern:  # n_p log L_p (N, P)
             return (logl if root_ids is None else logl[:, root_ids]) * weights
         return (logl * scaled_w).sum(-1)
@@ -184,11 +189,11 @@ class Pruning(torch.autograd.Function):
         g = cat_w[:, :, None, None] * freqs[:, None, :, None] * root_coef
         sched, state = ctx.sched, ctx.state
         grad_trans = {
-            Path.WAVES: lambda: backward_waves(trans_n, state, g),
+            Path.WAVES: lambda: backward_waves(trans_n, state, g, ctx.cache),
             Path.REPEATS: lambda: backward_repeats(sched.rows, trans_n, state, g),
-            Path.BATCH_REPEATS: lambda: backward_batched_repeats(trans_n, state, g),
+            Path.BATCH_REPEATS: lambda: backward_batched_repeats(trans_n, state, g, ctx.cache),
             Path.SHARED: lambda: backward_shared(sched.rows, trans_n, tips, state, g),
-            Path.BATCHED: lambda: backward_batched(sched, trans_n, tips, state, g),
+            Path.BATCHED: lambda: backward_batched(sched, trans_n, tips, state, g, ctx.cache),
         }[ctx.path]()
         return grad_trans, grad_freqs, grad_cat, *([None] * 7)
 

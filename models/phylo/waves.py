@@ -39,8 +39,9 @@ __all__ = ["WAVES_UP_TO", "WavePlan", "WavesState", "backward_waves", "forward_w
 # particles x rate categories up to which one topology is pruned level by level (few, wide
 # operations, for when dispatch dominates) rather than node by node
 # (`models.phylo.repeats.forward_repeats`: no padded columns and no per-element index, for
-# when memory traffic dominates); measured on DS1
-WAVES_UP_TO = 8
+# when memory traffic dominates). Measured on DS1: at N*C = 4 level by level is 1.2x faster
+# forward and as fast with the gradient; at 10, 0.9x and 0.8x
+WAVES_UP_TO = 4
 
 
 def _group(nodes: list[int], sizes: dict[int, int]) -> list[list[int]]:
@@ -110,20 +111,29 @@ class WavePlan:
         with the batch, is built with the buffer's views and kept by the cache)."""
         return sum(cols.nbytes for cols, _ in self._columns) + self.nodes.numel() * 8
 
-    def views(self, buffer: Tensor, nc: int) -> tuple[Tensor, list[tuple]]:
-        """The leaves' block of `buffer` `(n, nc*4, KL)` and, per wave, `(index, shape of its
-        gathered children, its messages' block or None for the root)`."""
+    def size(self, nc: int) -> int:
+        """Entries of the buffer for `nc` batch elements: the messages, then scratch room for
+        one wave's gathered children and partials."""
+        widest = max(count * width for _, count, width in self.waves)
+        return 4 * nc * (self.columns + 3 * widest)
+
+    def views(self, buffer: Tensor, nc: int) -> tuple[Tensor, Tensor, list[tuple]]:
+        """Views of `buffer` (`size(nc)` entries): the messages, the leaves' block of them
+        `(n, nc*4, KL)` and, per wave, `(index, scratch for its gathered children (flat and
+        shaped) and its partials, its messages' block or None for the root)`."""
         kl = self.tip_columns.shape[-1]
-        end = self.n * nc * 4 * kl
-        leaves, steps = buffer[:end].view(self.n, nc * 4, kl), []
+        messages, end = buffer[: 4 * nc * self.columns], self.n * nc * 4 * kl
+        leaves, steps = messages[:end].view(self.n, nc * 4, kl), []
+        scratch = buffer[4 * nc * self.columns :]  # apart: a gather may not write its input
         for w, ((_, count, width), index) in enumerate(zip(self.waves, self._entries(nc),
                                                            strict=True)):  # fmt: skip
-            shape, out = (2, count * nc, 4, width), None
+            size, out = count * nc * 4 * width, None
+            gathered = scratch[: 2 * size]
+            part = scratch[2 * size : 3 * size].view(count * nc, 4, width)
             if w < len(self.waves) - 1:
-                size = count * nc * 4 * width
-                out, end = buffer[end : end + size].view(shape[1:]), end + size
-            steps.append((index, shape, out))
-        return leaves, steps
+                out, end = messages[end : end + size].view(part.shape), end + size
+            steps.append((index, gathered, gathered.view(2, *part.shape), part, out))
+        return messages, leaves, steps
 
     def _entries(self, nc: int) -> list[Tensor]:
         """Per wave, `(2 * count * nc * 4 * width,)` buffer entries of the first children's
@@ -165,17 +175,20 @@ def forward_waves(trans_n, plan: WavePlan, freqs, cat_w, weights, keep, cache):
     nc = n_batch * n_cat
     # views made once for as long as the cache hands out the same buffer: a dozen fewer
     # tensor operations a call, a tenth of the time on DS1
-    buffer, (leaves, steps) = cache.workspace_views(
-        "wave messages", (4 * nc * plan.columns,), trans_n, (plan, nc), plan.views
+    _, (messages, leaves, steps) = cache.workspace_views(
+        "wave messages", (plan.size(nc),), trans_n, (plan, nc), plan.views
     )
     torch.bmm(trans_n[:n].view(n, nc * 4, 4), plan.tip_columns, out=leaves)
     saved = []
-    for (index, shape, out), mats in zip(steps, _wave_mats(trans_n, plan) + (None,),
-                                         strict=True):  # fmt: skip
-        both = buffer.index_select(0, index).view(shape)
-        part = torch.prod(both, 0)  # (count * N*C, 4, width)
-        if keep:
+    for (index, flat, shaped, scratch, out), mats in zip(steps, _wave_mats(trans_n, plan)
+                                                         + (None,), strict=True):  # fmt: skip
+        if keep:  # fresh tensors, kept for the backward pass
+            both = messages.index_select(0, index).view(shaped.shape)
+            part = torch.prod(both, 0)  # (count * N*C, 4, width)
             saved.append((both, part))
+        else:  # scratch: no allocation, no view
+            torch.index_select(messages, 0, index, out=flat)
+            part = torch.prod(shaped, 0, out=scratch)
         if out is not None:  # every wave but the root's: messages, written in place
             torch.bmm(mats, part, out=out)
     root = part.view(n_batch, n_cat, 4, -1)
@@ -184,7 +197,7 @@ def forward_waves(trans_n, plan: WavePlan, freqs, cat_w, weights, keep, cache):
     return lik.log(), WavesState(plan, steps, saved), lik, root, root_w, lik.min()
 
 
-def backward_waves(trans_n, state: WavesState, g):
+def backward_waves(trans_n, state: WavesState, g, cache):
     r"""Pre-order pass of `forward_waves`, wave by wave from the root: a wave's outside
     partials are $G_v = P_v^\top U_v$ from the summed outside messages $U_v$ of its
     columns, its edges' gradients $U_v L_v^\top$, and $G_v$ times each child's sibling
@@ -193,8 +206,10 @@ def backward_waves(trans_n, state: WavesState, g):
     plan, saved = state.plan, state.saved
     n, (n_batch, n_cat) = plan.n, trans_n.shape[1:3]
     nc, kl = n_batch * n_cat, plan.tip_columns.shape[-1]
-    upper = trans_n.new_zeros(4 * nc * plan.columns)  # U of every buffer entry
-    mats, index = _wave_mats(trans_n, plan), [index for index, _, _ in state.steps]
+    # U of every buffer entry, in the cache's scratch memory (nothing returned refers to it)
+    upper = cache.workspace("wave outside messages", (4 * nc * plan.columns,), trans_n)
+    upper.zero_()
+    mats, index = _wave_mats(trans_n, plan), [step[0] for step in state.steps]
     ends = np.cumsum([n * nc * 4 * kl] + [count * nc * 4 * width
                                           for _, count, width in plan.waves[:-1]])  # fmt: skip
     g = g.reshape(nc, 4, -1)  # the root's wave: one node
