@@ -14,7 +14,7 @@ to dynesty as ``live_points``. After that dynesty proposes one point at a time (
 draws inside its own sampler call, ``rwalk``/``slice`` walks are sequential, and dynesty's
 ``pool`` only parallelises whole proposals across processes), so the likelihood is evaluated
 one point per call; use ``pool=`` for process parallelism. For likelihoods that are cheap only
-in batches (DS1: 7 ms per single-point call, 0.5 ms per point in batches of a hundred) use
+in batches (DS1: 2 ms per single-point call, 0.2 ms per point in batches of 50 to 100) use
 `varinf.BatchedNestedSampling`, whose every likelihood call is a batch.
 """
 
