@@ -2,15 +2,20 @@ r"""``varinf phylo evidence``: marginal likelihoods of fixed topologies by many 
 
 Example::
 
-    varinf phylo evidence --alignment DS1.fasta --trees credible_set --max-trees 3 \
+    varinf phylo evidence --alignment DS1 --trees credible-set --max-trees 3 \
         --methods stepping-stone path-sampling bridge-sampling --csv ds1.csv --plot ds1.png \
         --checkpoint ds1.ckpt
+    varinf phylo evidence --alignment DS1 --trees credible-set \
+        --methods laplace gamma-laplus glis vbis is --csv ds1_credible.csv --plot posterior.png
 
 For each tree, one power-posterior run (every temperature and replicate in one batched MCMC)
 feeds the power-posterior methods, and one posterior run feeds bridge sampling, the harmonic
 means, CPO, PPD and the generalized stepping stone's reference; any other ``--methods`` name is
 looked up among the estimators exported by `varinf` (by ``Estimator.name``) and run with its
-defaults. Prints a table, writes CSV and a plot. With ``--checkpoint DIR`` finished (tree,
+defaults; the fast methods (`models.phylo.credible.FAST_METHODS`) instead run on every tree
+at once through the batched likelihood. With several trees, each method's evidences become a
+posterior over the trees, scored against golden runs (`models.phylo.evidence_posterior`).
+Prints a table, writes CSV and a plot. With ``--checkpoint DIR`` finished (tree,
 method) rows are kept in ``DIR/results.csv`` and an interrupted sampler saves its state there
 (Ctrl-C), so rerunning the same command resumes where it stopped. Bad files or arguments print
 one line ``varinf phylo evidence: error: ...`` and return exit status 2.
