@@ -155,7 +155,7 @@ METHODS = [
 # ---- Fast methods (Laplace, Laplus, importance and nested sampling; issue 12) -----------------
 # Each needs no MCMC run; the mode-based ones use the exact inside-outside Hessian of DS1's
 # log density in log-branch-length space. `--methods` picks any of them by name, alone or with
-# the methods above; "nested-batched" (minutes) runs only when asked for.
+# the methods above; "nested-batched" (11 minutes) runs only when asked for.
 
 
 def _ds1_hessian():
@@ -195,7 +195,7 @@ FAST_METHODS = [
     Method("vbis-flow", _fast(lambda mode, seed: varinf.VBIS(
         10000, guide="flow", fit={"laplace": mode}, batch_size=500, seed=seed))),
     Method("nested-batched", _fast(lambda mode, seed: varinf.BatchedNestedSampling(
-        num_live=100, num_replace=50, dlogz=0.5, seed=seed))),
+        num_live=400, num_replace=200, dlogz=0.5, seed=seed))),
 ]  # fmt: skip
 FAST_DEFAULT = [m.name for m in FAST_METHODS if m.name != "nested-batched"]
 
