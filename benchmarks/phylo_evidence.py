@@ -11,7 +11,9 @@ Times for 0.05 nats are extrapolated by the $1/\\sqrt{n}$ rule from the runs mad
 (``time * (error / 0.05)^2``; warm-up is a fixed cost, so this slightly overstates our time).
 
 Add a method by appending a `Method` to `METHODS`: a name and a function of the shared
-`Context` (the model and this repeat's runs) returning an `Estimate`.
+`Context` (the model and this repeat's runs) returning an `Estimate`. `FAST_METHODS` are the
+Laplace, Laplus, importance-sampling and nested-sampling rows (no MCMC run; run them alone
+with e.g. ``--methods laplace glis vbis vbis-flow nested-batched``, which skips MrBayes).
 
 Run: ``python benchmarks/phylo_evidence.py [--replicates 3] [--mrbayes-ngen 1000000]``; one
 intra-op thread. The machine may be shared: compare ratios measured in the same run.
@@ -150,6 +152,54 @@ METHODS = [
 ]
 
 
+# ---- Fast methods (Laplace, Laplus, importance and nested sampling; issue 12) -----------------
+# Each needs no MCMC run; the mode-based ones use the exact inside-outside Hessian of DS1's
+# log density in log-branch-length space. `--methods` picks any of them by name, alone or with
+# the methods above; "nested-batched" (minutes) runs only when asked for.
+
+
+def _ds1_hessian():
+    from models.phylo.credible import log_density_hessian
+
+    aln = read_alignment(datasets.path("DS1"))
+    tree = read_trees(datasets.path("DS1-credible"), taxa=aln.taxa)[0]
+    prior = torch.distributions.Exponential(torch.tensor(10.0, dtype=torch.float64))
+    return log_density_hessian(aln, tree.children, prior)
+
+
+def _fast(make):
+    """A `Method` run from ``make(hessian, seed) -> Estimator`` (no shared run)."""
+
+    def run(ctx):
+        if "hessian" not in ctx.runs:
+            ctx.runs["hessian"] = _ds1_hessian()
+        estimator = make({"num_starts": 2, "hessian": ctx.runs["hessian"]}, ctx.seed)
+        started = time.perf_counter()
+        return estimator.estimate(ctx.model), time.perf_counter() - started
+
+    return run
+
+
+FAST_METHODS = [
+    Method("map", _fast(lambda mode, seed: varinf.MAP(**mode, seed=seed))),
+    Method("ml", _fast(lambda mode, seed: varinf.MaximumLikelihood(**mode, seed=seed))),
+    Method("laplace", _fast(lambda mode, seed: varinf.Laplace(**mode, seed=seed))),
+    Method("gamma-laplus", _fast(lambda mode, seed: varinf.GammaLaplus(**mode, seed=seed))),
+    Method("betaprime-laplus", _fast(lambda m, seed: varinf.BetaPrimeLaplus(**m, seed=seed))),
+    Method("fitted-elbo", _fast(lambda m, seed: varinf.FittedELBO(1000, seed=seed))),
+    Method("is", _fast(lambda mode, seed: varinf.ImportanceSampling(
+        10000, laplace=mode, batch_size=500, seed=seed))),
+    Method("glis", _fast(lambda mode, seed: varinf.GLIS(
+        10000, laplus=mode, batch_size=500, seed=seed))),
+    Method("vbis", _fast(lambda mode, seed: varinf.VBIS(10000, batch_size=500, seed=seed))),
+    Method("vbis-flow", _fast(lambda mode, seed: varinf.VBIS(
+        10000, guide="flow", fit={"laplace": mode}, batch_size=500, seed=seed))),
+    Method("nested-batched", _fast(lambda mode, seed: varinf.BatchedNestedSampling(
+        num_live=100, num_replace=50, dlogz=0.5, seed=seed))),
+]  # fmt: skip
+FAST_DEFAULT = [m.name for m in FAST_METHODS if m.name != "nested-batched"]
+
+
 def ds1_model():
     aln = read_alignment(datasets.path("DS1"))
     tree = read_trees(datasets.path("DS1-credible"), taxa=aln.taxa)[0]
@@ -186,7 +236,7 @@ def _children_cpu() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--replicates", type=int, default=3)
-    parser.add_argument("--methods", nargs="+", default=[m.name for m in METHODS])
+    parser.add_argument("--methods", nargs="+", default=[m.name for m in METHODS] + FAST_DEFAULT)
     parser.add_argument("--num-steps", type=int, default=50)
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--num-replicates", type=int, default=2, help="chains per temperature")
@@ -203,7 +253,7 @@ def main() -> None:
     options = parser.parse_args()
     torch.set_num_threads(1)
     model = ds1_model()
-    methods = [m for m in METHODS if m.name in options.methods]
+    methods = [m for m in METHODS + FAST_METHODS if m.name in options.methods]
     results = {m.name: [] for m in methods}
     for r in range(options.replicates):
         torch.manual_seed(options.seed + r)
@@ -212,8 +262,10 @@ def main() -> None:
             estimate, seconds = method.run(context)
             results[method.name].append((estimate, seconds))
             print(f"replicate {r}: {estimate} ({seconds:.1f} s with its runs)", flush=True)
-    with tempfile.TemporaryDirectory() as folder:
-        mrbayes = run_mrbayes(options.mrbayes_ngen, options.mrbayes_runs, Path(folder))
+    mrbayes = {}
+    if any(m in METHODS for m in methods):  # the fast methods alone need no MrBayes run
+        with tempfile.TemporaryDirectory() as folder:
+            mrbayes = run_mrbayes(options.mrbayes_ngen, options.mrbayes_runs, Path(folder))
     report(results, mrbayes)
 
 
@@ -229,7 +281,7 @@ def report(results: dict, mrbayes: dict) -> None:
               f"{statistics.mean(s for _, s in rows):.1f} | "
               f"{statistics.mean(e.num_evaluations for e, _ in rows):.3g} |")  # fmt: skip
     if not mrbayes:
-        print("\nMrBayes (mb) not found: no comparison")
+        print("\nNo MrBayes comparison (mb not found, or only fast methods were run)")
         return
     print(f"| MrBayes 3.2.7 SS ({mrbayes['ngen']:.0e} gen) | {mrbayes['mean']:.3f} | "
           f"{mrbayes['spread']:.3f} | - | {mrbayes['wall_per_run']:.1f} per run | - |")  # fmt: skip

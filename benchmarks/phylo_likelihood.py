@@ -221,8 +221,9 @@ def main() -> None:
         noise = torch.rand(k, 51, generator=gen, dtype=torch.float64).to(device)
         cases.append((f"{k} particles", [(one, lengths1 * (0.5 + noise))]))
     cases.append(("10 topologies", [tuple(x.to(device) for x in stack_trees(trees[:10]))]))
-    # enough batches that none comes back within one round of one implementation
-    calls = args.repeats * (args.rounds + 1) + 1
+    # enough batches that none comes back within one implementation's forward rounds, and
+    # as many again for its gradient rounds (random topologies then never recur)
+    calls = 2 * (args.repeats * (args.rounds + 1) + 1)
     drawn = [stack_trees([trees[i] for i in torch.randperm(40, generator=gen)[:10].tolist()])
              for _ in range(calls)]  # fmt: skip
     cases.append(("10 of 40", [tuple(x.to(device) for x in batch) for batch in drawn]))
@@ -251,15 +252,17 @@ def main() -> None:
         for other in values[1:]:
             assert torch.allclose(values[0], other, atol=1e-8), "implementations disagree"
         fwd, grad = [], []
+        half = len(batches) // 2  # forward rounds see the first half, gradient the second
         for _, fn in impls:
-            batch = cycling(batches)  # every implementation sees the same sequence
+            # every implementation sees the same sequences
+            batch, grad_batch = cycling(batches[: max(half, 1)]), cycling(batches[half:])
 
             def forward(fn=fn, batch=batch):
                 children, lengths = batch()
                 with torch.no_grad():
                     fn(tips, weights, children, lengths)
 
-            def gradient(fn=fn, batch=batch):
+            def gradient(fn=fn, batch=grad_batch):
                 children, lengths = batch()
                 x = lengths.clone().requires_grad_()
                 fn(tips, weights, children, x).sum().backward()

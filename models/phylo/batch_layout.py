@@ -6,7 +6,7 @@ consecutive independent steps form waves, each one gather, one product and one m
 product (`models.phylo.repeats.forward_batched_repeats`). A clade is compressed on its second
 sighting (`models.phylo.clade_table`); a batch whose padded columns would exceed
 `LikelihoodCache.worthwhile` of $(n-1) P$ runs the plain pass instead, and while batches do
-not pay only probes look again (`ProbeSchedule`). Tree layouts and the plans of batches met
+not pay only probes look again (`models.phylo.probes`). Tree layouts and the plans of batches met
 twice live in the alignment's `models.phylo.cache.LikelihoodCache`.
 """
 
@@ -20,7 +20,9 @@ from torch import Tensor
 
 from varinf.distributions.trees import clade_keys
 
-__all__ = ["BatchPlan", "Layout", "ProbeSchedule", "TreeLayout", "batch_plan_for"]
+from .probes import may_pay
+
+__all__ = ["BatchPlan", "Layout", "TreeLayout", "batch_plan_for"]
 
 
 def _repeat(values: np.ndarray, counts: np.ndarray, step: int, out: np.ndarray) -> np.ndarray:
@@ -186,7 +188,7 @@ class BatchPlan:
     and in the backward pass they receive no gradient (`backward_batched_repeats`).
 
     Attributes:
-        examined: whether the batch was looked at (`ProbeSchedule.should_try`).
+        examined: whether the batch was looked at (`models.phylo.probes.ProbeSchedule`).
         worthwhile: whether it was, and the padded columns are at most `cache.worthwhile`
             (60%) of `(n-1) * P`
             (measured on DS1: above that, the set-up costs more than the repeats save); if
@@ -209,6 +211,11 @@ class BatchPlan:
         leaf_width, steps = patterns.leaf_width, n - 1
         self.examined, self.worthwhile = cache.probes.should_try(), False
         if not self.examined:
+            return
+        # a probe after batches that did not pay first bounds the width cheaply; while
+        # batches pay, their layouts are kept and the bound would only add its cost
+        if not cache.probes.paying and not may_pay(cache, children.cpu().numpy()):
+            cache.probes.record(False)
             return
         trees = [tree_layout(cache, tree) for tree in children.cpu().numpy()]
         sizes = np.stack([t.sizes for t in trees])  # (N, steps); numpy: ~1 µs an op, not ~5
@@ -299,28 +306,3 @@ def fit_layout(patterns, widths: np.ndarray, last_child: np.ndarray) -> Layout:
             last_child = np.maximum(last_child, old.last_child)
         patterns.layout = Layout(widths, last_child, 0 if old is None else old.version + 1)
     return patterns.layout
-
-
-class ProbeSchedule:
-    """Whether a batch of topologies should look for repeats: always while they pay, else at
-    probes spaced `cache.probe_first` (8), twice that, ... up to `cache.probe_last` (64)
-    batches apart (new random topologies share few clades, and looking costs ~0.1 ms a tree;
-    the probes learn the clades that recur, and a probe that pays makes every batch look
-    again)."""
-
-    def __init__(self, cache) -> None:
-        self.cache, self.paying, self.batches, self.next = cache, True, 0, 0
-        self.interval = cache.probe_first
-
-    def should_try(self) -> bool:
-        self.batches += 1
-        return self.paying or self.batches >= self.next
-
-    def record(self, paying: bool) -> None:
-        """The outcome of a batch that looked."""
-        self.paying = paying
-        if paying:
-            self.interval = self.cache.probe_first
-        else:
-            self.next = self.batches + self.interval
-            self.interval = min(2 * self.interval, self.cache.probe_last)

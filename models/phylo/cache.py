@@ -139,6 +139,7 @@ class LikelihoodCache:
         self.tables = {"clades": LRU(8 * budget), "seen": LRU(budget), "trees": LRU(4 * budget),
                        "plans": LRU(3 * budget)}  # fmt: skip
         self._storage: dict[tuple, Tensor] = {}
+        self._views: dict[str, tuple] = {}  # views of workspaces (`workspace_views`)
         self._patterns = None
         self.unscaled_underflows = False
 
@@ -146,8 +147,8 @@ class LikelihoodCache:
     def patterns(self):
         """The alignment's `models.phylo.clade_table.CladePatterns` (built on first use)."""
         if self._patterns is None:
-            from .batch_layout import ProbeSchedule
             from .clade_table import CladePatterns
+            from .probes import ProbeSchedule
 
             self._patterns = CladePatterns(self.tips, self)
             self.probes = ProbeSchedule(self)
@@ -170,6 +171,18 @@ class LikelihoodCache:
             storage = self._storage[key] = like.new_empty(max(size, 5 * size // 4))
         return storage[:size].view(shape)
 
+    def workspace_views(self, name: str, shape: tuple[int, ...], like: Tensor, owner,
+                        make: Callable) -> tuple[Tensor, object]:  # fmt: skip
+        """The `workspace` ``name`` and views of it made by ``make(buffer, *owner[1:])``,
+        kept while the same ``owner`` (compared by identity, then equality) asks for the
+        same storage: views cost a tensor operation each, a call may need dozens."""
+        buffer = self.workspace(name, shape, like)
+        key, kept = self._views.get(name, (None, None))
+        if key is None or key[0] is not owner[0] or key[1:] != (*owner[1:], buffer.data_ptr()):
+            kept = make(buffer, *owner[1:])
+            self._views[name] = ((*owner, buffer.data_ptr()), kept)
+        return buffer, kept
+
     def scratch(self, name: str, size: int) -> np.ndarray:
         """A reused int64 numpy array of ``size`` (plan arrays; see `workspace`)."""
         return self.workspace(name, (int(size),), _INT64).numpy()
@@ -178,6 +191,8 @@ class LikelihoodCache:
     def nbytes(self) -> int:
         """Bytes held: the kept tables and the scratch buffers."""
         buffers = sum(s.numel() * s.element_size() for s in self._storage.values())
+        # views of buffers counted as if they owned their elements: an upper bound
+        buffers += sum(nbytes(kept) for _, kept in self._views.values())
         return sum(t.nbytes for t in self.tables.values()) + buffers
 
     def clear(self) -> None:
@@ -185,6 +200,7 @@ class LikelihoodCache:
         for table in self.tables.values():
             table.clear()
         self._storage.clear()
+        self._views.clear()
         self._patterns = None
         self.unscaled_underflows = False
 

@@ -88,6 +88,10 @@ class CladePatterns:
             return self._root_columns
         return self._clades.get(key)
 
+    def seen(self, key: int) -> bool:
+        """Whether clade `key` was asked about before (`seen_before`), without marking it."""
+        return key in self._seen
+
     def seen_before(self, key: int) -> bool:
         """Whether clade `key` was asked about before (it is remembered from now on)."""
         if key in self._seen:

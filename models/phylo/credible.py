@@ -43,7 +43,10 @@ __all__ = [
 
 
 def topology_problems(
-    alignment: Alignment, trees: Sequence[Tree], branch_prior: Distribution | None = None
+    alignment: Alignment,
+    trees: Sequence[Tree],
+    branch_prior: Distribution | None = None,
+    substitution="JC69",
 ):
     r"""The $B$ topologies as `varinf.estimators.batched.BatchedProblems` over branch lengths.
 
@@ -55,6 +58,7 @@ def topology_problems(
         alignment: the data.
         trees: the topologies (their branch lengths are ignored).
         branch_prior: prior of one branch length; default ``Exponential(10)``.
+        substitution: the substitution model (name or instance, fixed parameters).
     """
     from varinf.estimators.batched import BatchedProblems
 
@@ -66,15 +70,17 @@ def topology_problems(
     )
 
     def log_joint(theta: torch.Tensor) -> torch.Tensor:
-        loglik = log_likelihood(alignment, children, theta)
+        loglik = log_likelihood(alignment, children, theta, substitution)
         return loglik + prior.log_prob(theta).sum(-1)
 
-    hessian = log_density_hessian(alignment, children, prior)
+    hessian = log_density_hessian(alignment, children, prior, substitution)
     dim = 2 * alignment.n_taxa - 3
     return BatchedProblems(log_joint, num_problems=len(trees), dim=dim, hessian=hessian)
 
 
-def log_density_hessian(alignment: Alignment, children: torch.Tensor, prior: Distribution):
+def log_density_hessian(
+    alignment: Alignment, children: torch.Tensor, prior: Distribution, substitution="JC69"
+):
     r"""``z (..., 2n-3) -> (..., 2n-3, 2n-3)``: the exact Hessian in $z = \log b$ of
     $\log p(D \mid \tau, e^z) + \sum_e \log p(e^{z_e})$ (also that of the density of $z$, whose
     extra Jacobian term $\sum_e z_e$ is linear), for ``hessian=`` of `varinf.Laplace` and
@@ -84,10 +90,11 @@ def log_density_hessian(alignment: Alignment, children: torch.Tensor, prior: Dis
         alignment: the data.
         children: ``(n-1, 2)`` topology, or ``(..., n-1, 2)`` matching the batch of ``z``.
         prior: prior of one branch length.
+        substitution: the substitution model (name or instance, fixed parameters).
     """
 
     def hessian(z: torch.Tensor) -> torch.Tensor:
-        exact = log_likelihood_hessian(alignment, children, z.exp(), log_lengths=True)
+        exact = log_likelihood_hessian(alignment, children, z.exp(), substitution, log_lengths=True)
         return exact + torch.diag_embed(_prior_curvature(prior, z))
 
     return hessian
@@ -113,35 +120,39 @@ def credible_set_rows(
     methods: Sequence[str],
     *,
     branch_prior: Distribution | None = None,
+    substitution="JC69",
     num_particles: int = 2000,
 ) -> list[dict]:
     r"""Log evidence of every tree by each fast method, all trees batched, with the posterior.
 
-    Rows ``{"tree", "method", "estimate", "stderr", "seconds", "posterior"}`` (trees numbered
-    from 1), ``posterior`` the normalised evidence times a uniform prior over ``trees``. Used by
-    ``varinf phylo evidence --posterior``.
+    Rows ``{"tree", "method", "estimate", "stderr", "num_evaluations", "seconds", "warnings",
+    "posterior"}`` (trees numbered from 1); ``posterior`` is the normalised evidence times a
+    uniform prior over ``trees``, ``num_evaluations`` and ``seconds`` are per tree (the
+    batched cost divided by the number of trees). Used by ``varinf phylo evidence``.
 
     Raises:
         ValueError: for a method not in `FAST_METHODS`.
     """
-    import math
-
     from varinf.estimators.batched import fast_evidences
 
     unknown = [m for m in methods if m not in FAST_METHODS]
     if unknown:
         raise ValueError(f"methods: {unknown} are not batched over topologies; use {FAST_METHODS}")
-    problems = topology_problems(alignment, trees, branch_prior)
+    problems = topology_problems(alignment, trees, branch_prior, substitution)
     start = torch.full((len(trees), problems.dim), math.log(0.05), dtype=torch.float64)
     results = fast_evidences(problems, start, methods=tuple(methods), num_particles=num_particles)
     rows = []
     for method in methods:
-        posterior = posterior_over_topologies(results[method]["value"])
+        result = results[method]
+        posterior = posterior_over_topologies(result["value"])
+        khat = result.get("khat", [math.nan] * len(trees))
         for b in range(len(trees)):
+            warning = f"Pareto k-hat {khat[b]:.2f} > 0.7" if khat[b] > 0.7 else ""
             rows.append({
-                "tree": b + 1, "method": method, "estimate": results[method]["value"][b].item(),
-                "stderr": results[method]["stderr"][b].item(), "posterior": posterior[b].item(),
-                "seconds": results[method]["seconds"] / len(trees),
+                "tree": b + 1, "method": method, "estimate": result["value"][b].item(),
+                "stderr": result["stderr"][b].item(), "posterior": posterior[b].item(),
+                "num_evaluations": result["num_evaluations"],
+                "seconds": result["seconds"] / len(trees), "warnings": warning,
             })  # fmt: skip
     return rows
 

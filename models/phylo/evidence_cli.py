@@ -24,7 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from . import evidence_posterior as posterior
 from .alignment import read_alignment
+from .credible import FAST_METHODS
 from .errors import PhyloFormatError
 from .evidence_runs import branch_prior, estimator_classes, evaluate_tree, substitution
 from .trees import read_trees
@@ -39,8 +43,14 @@ def add_parser(commands) -> argparse.ArgumentParser:
     p = commands.add_parser(
         "evidence", help="estimate the marginal likelihood of fixed topologies by many methods"
     )
-    p.add_argument("--alignment", required=True, help="FASTA, NEXUS or PHYLIP alignment")
-    p.add_argument("--trees", required=True, help="Newick/NEXUS topologies (a credible set)")
+    p.add_argument(
+        "--alignment",
+        required=True,
+        help="FASTA, NEXUS or PHYLIP alignment, or a shipped data set DS1..DS4",
+    )
+    p.add_argument("--trees", required=True,
+                   help="Newick/NEXUS topologies, or 'credible-set': the shipped credible set "
+                        "of --alignment DS1..DS4 (42 trees for DS1)")  # fmt: skip
     p.add_argument("--max-trees", type=int, default=None, help="only the first N trees")
     p.add_argument("--model", default="JC69", type=str.upper, choices=("JC69", "K80", "HKY", "GTR"))
     p.add_argument("--kappa", type=float, default=2.0, help="K80/HKY ratio (default 2)")
@@ -58,6 +68,20 @@ def add_parser(commands) -> argparse.ArgumentParser:
     p.add_argument("--chains", type=int, default=4, help="posterior-run chains (4)")
     p.add_argument("--warmup", type=int, default=200, help="warm-up iterations per chain")
     p.add_argument("--draws", type=int, default=200, help="draws per chain")
+    p.add_argument(
+        "--particles",
+        type=int,
+        default=2000,
+        help="importance draws per tree of the batched fast methods (2000)",
+    )
+    p.add_argument(
+        "--golden",
+        type=Path,
+        nargs="+",
+        metavar="TRPROBS",
+        help="MrBayes .trprobs golden runs (pooled) to score the posterior over "
+        "the trees; default: the shipped golden runs of DS1..DS4",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", type=Path, help="write the table as CSV")
     p.add_argument("--plot", type=Path, help="write a plot of the estimates (PNG, PDF, ...)")
@@ -70,7 +94,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
 def run_evidence(args: argparse.Namespace) -> int:
     """Run the command; return the exit status (0, 2 on bad input, 130 if interrupted)."""
     try:
-        rows = _run(args)
+        rows, scores = _run(args)
     except (PhyloFormatError, ValueError, FloatingPointError, OSError) as err:
         message = " ".join(str(err).split())
         print(f"varinf phylo evidence: error: {message}", file=sys.stderr)
@@ -80,28 +104,40 @@ def run_evidence(args: argparse.Namespace) -> int:
         print(f"varinf phylo evidence: interrupted{where}", file=sys.stderr)
         return 130
     _print_table(rows)
+    if scores is not None:
+        posterior.print_scores(rows, *scores)
     if args.csv:
         _write_csv(args.csv, rows)
-    if args.plot:
+    if args.plot and scores is not None and any("golden" in r for r in rows):
+        posterior.plot_posterior(args.plot, rows)
+    elif args.plot:
         _plot(args.plot, rows)
     return 0
 
 
-def _run(args: argparse.Namespace) -> list[dict]:
+def _run(args: argparse.Namespace) -> tuple[list[dict], tuple | None]:
+    """The rows, and ``(golden scores, methods without a posterior)`` for several trees."""
     classes = estimator_classes(args.methods)
     prior = branch_prior(args.branch_prior)
-    aln = read_alignment(args.alignment)
-    trees = read_trees(args.trees, taxa=aln.taxa)
+    if args.particles < 2:
+        raise ValueError(f"--particles must be at least 2, got {args.particles}")
+    alignment_path, data_set = posterior.resolve_alignment(args.alignment)
+    aln = read_alignment(alignment_path)
+    trees = read_trees(posterior.resolve_trees(args.trees, data_set), taxa=aln.taxa)
     if args.max_trees is not None:
         if args.max_trees < 1:
             raise ValueError(f"--max-trees must be at least 1, got {args.max_trees}")
         trees = trees[: args.max_trees]
     model_sub = substitution(args, aln)
+    golden_paths = posterior.resolve_golden(args.golden, data_set) if len(trees) > 1 else []
+    golden = posterior.load_golden(golden_paths, trees, aln.taxa)
     done = _load_checkpoint(args.checkpoint)
-    rows = []
-    for index, tree in enumerate(trees, start=1):
-        wanted = [c for c in classes if (index, c.name) not in done]
-        rows += [done[(index, c.name)] for c in classes if (index, c.name) in done]
+    fast = [c for c in classes if c.name in FAST_METHODS]
+    rows = _fast_rows(args, aln, trees, model_sub, prior, fast, done)
+    classes_per_tree = [c for c in classes if c not in fast]
+    for index, tree in enumerate(trees if classes_per_tree else [], start=1):
+        wanted = [c for c in classes_per_tree if (index, c.name) not in done]
+        rows += [done[(index, c.name)] for c in classes_per_tree if (index, c.name) in done]
         if not wanted:
             continue
         _say(f"tree {index}/{len(trees)}: {', '.join(c.name for c in wanted)}")
@@ -112,7 +148,30 @@ def _run(args: argparse.Namespace) -> list[dict]:
             _save_row(args.checkpoint, row)
         _say(f"tree {index}/{len(trees)} done in {time.perf_counter() - started:.1f} s")
     order = {c.name: i for i, c in enumerate(classes)}
-    return sorted(rows, key=lambda r: (int(r["tree"]), order[r["method"]]))
+    rows = sorted(rows, key=lambda r: (int(r["tree"]), order[r["method"]]))
+    if len(trees) < 2:
+        return rows, None
+    skipped = posterior.add_posterior(rows, len(trees))
+    scores = posterior.golden_scores(rows, trees, golden) if golden else {}
+    return rows, (scores, skipped)
+
+
+def _fast_rows(args, aln, trees, model_sub, prior, fast, done) -> list[dict]:
+    """The fast methods over every tree at once (batched), or their checkpointed rows."""
+    numbers = range(1, len(trees) + 1)
+    missing = [c.name for c in fast if any((i, c.name) not in done for i in numbers)]
+    kept = [done[(i, c.name)] for c in fast if c.name not in missing for i in numbers]
+    if not missing:
+        return kept
+    _say(f"{len(trees)} trees batched: {', '.join(missing)}")
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    rows = posterior.fast_rows(aln, trees, missing, model_sub, prior, args.particles)
+    _say(f"{len(trees)} trees batched: done in {time.perf_counter() - started:.1f} s")
+    for row in rows:
+        row.pop("posterior", None)
+        _save_row(args.checkpoint, row)
+    return kept + rows
 
 
 def _say(message: str) -> None:
@@ -152,10 +211,11 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
+    extra = tuple(k for k in ("posterior", "golden") if any(k in r for r in rows))
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
+        writer = csv.DictWriter(handle, COLUMNS + extra)
         writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+        writer.writerows({k: r.get(k, "") for k in COLUMNS + extra} for r in rows)
 
 
 def _plot(path: Path, rows: list[dict]) -> None:

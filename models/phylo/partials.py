@@ -29,8 +29,8 @@ def internal_message(trans_n: Tensor, node: int, partials: Tensor, n: int) -> Te
 def root_likelihood(root: Tensor, freqs: Tensor, cat_w: Tensor) -> Tensor:
     r"""`(N, K)` pattern likelihoods $\sum_c w_c \sum_s \pi_s L_{c,s}$ from the root's partials
     `(N, C, 4, K)`, frequencies `(N, 4)` and category weights `(N, C)`."""
-    site = (freqs[:, None, None, :] @ root)[:, :, 0]  # (N, C, K)
-    return (cat_w[:, None, :] @ site)[:, 0]
+    w = (cat_w[:, :, None] * freqs[:, None, :]).view(-1, 1, root.shape[1] * 4)  # w_c pi_s
+    return torch.bmm(w, root.reshape(root.shape[0], -1, root.shape[-1]))[:, 0]
 
 
 def rescale_(x: Tensor) -> Tensor:

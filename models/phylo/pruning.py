@@ -11,14 +11,18 @@ result is safe; each records a small dataclass with what its backward pass needs
 
 | path | runs when | rescaling | kernel |
 | --- | --- | --- | --- |
-| `Path.REPEATS` | one topology, `optimistic`, no underflow seen | none | `forward_repeats` |
+| `Path.WAVES` | one topology, `optimistic`, no underflow, $NC \le 4$ (c) | none | `forward_waves` |
+| `Path.REPEATS` | one topology, `optimistic`, no underflow, $NC > 4$ | none | `forward_repeats` |
 | `Path.BATCH_REPEATS` | clades recur (a), no underflow seen | none | `forward_batched_repeats` |
 | `Path.SHARED` | one topology, otherwise | 0 (b), `every`, 1 | `forward_shared` |
 | `Path.BATCHED` | a topology per element, otherwise | 0 (b), `every`, 1 | `forward_batched` |
 
 Why: (a) `optimistic`, and the batch's clades recur enough to pay for the set-up
 (`models.phylo.batch_layout.BatchPlan.worthwhile`); (b) the unscaled pass over every pattern
-first, when `optimistic` but a batch's clades do not recur. The repeats paths prune distinct
+first, when `optimistic` but a batch's clades do not recur; (c) $N$ batch elements times $C$
+rate categories: with few, a pass is all dispatch overhead and `models.phylo.waves` prunes a
+whole level of the tree per operation; with many, memory traffic dominates and the
+node-by-node pass wastes no padded columns. The repeats paths prune distinct
 clade columns only (`models.phylo.repeats`; DS1: 5118 of 24284 columns); `SHARED` keeps a
 tensor per node, a small working set; `BATCHED` gathers from node-major buffers
 (`models.phylo.scaled`).
@@ -51,6 +55,7 @@ from .repeats import (
 )
 from .scaled import Schedule, backward_batched, backward_shared, forward_batched, forward_shared
 from .tree_plan import plan_for
+from .waves import WAVES_UP_TO, backward_waves, forward_waves
 
 __all__ = ["Path", "Pruning"]
 
@@ -59,6 +64,7 @@ _TINY_SCALE = 1e-200  # below this, partials were rescaled too rarely: redo ever
 # one, so every node's largest partial entry is at least the likelihood: above this bound no
 # partial lost more than ~1e-18 of it to underflow (float64's smallest normal is 2.2e-308).
 _SAFE_UNSCALED = 1e-290
+_WAVES_UP_TO = WAVES_UP_TO  # particles x categories pruned level by level (Path.WAVES)
 
 # the kernels, looked up here at call time (tests spy on them)
 _forward_shared, _forward_batched = forward_shared, forward_batched
@@ -67,7 +73,8 @@ _forward_shared, _forward_batched = forward_shared, forward_batched
 class Path(enum.Enum):
     """The pruning paths of the module docstring's table."""
 
-    REPEATS = "unscaled, one topology, distinct clade columns"
+    WAVES = "unscaled, one topology, distinct clade columns, level by level"
+    REPEATS = "unscaled, one topology, distinct clade columns, node by node"
     BATCH_REPEATS = "unscaled, a topology per element, distinct clade columns"
     SHARED = "every site pattern, one topology"
     BATCHED = "every site pattern, a topology per element"
@@ -89,6 +96,9 @@ def _unscaled_repeats(trans_n, tips, sched, children, freqs, cat_w, weights, kee
     if sched.shared:
         plan = plan_for(cache, children)
         sched.rows = plan.rows
+        if trans_n.shape[1] * trans_n.shape[2] <= _WAVES_UP_TO:
+            return Path.WAVES, forward_waves(trans_n, plan.waves, freqs, cat_w, weights,
+                                             keep, cache)  # fmt: skip
         return Path.REPEATS, forward_repeats(trans_n, plan, plan.rows, freqs, cat_w, weights,
                                              keep)  # fmt: skip
     plan = batch_plan_for(cache, children, keep)
@@ -157,6 +167,7 @@ class Pruning(torch.autograd.Function):
             ctx.save_for_backward(trans_n, freqs, cat_w, tips, scaled_w, lik, root, trans)
             ctx.path, ctx.sched, ctx.state = path, sched, state
             ctx.per_pattern, ctx.pattern_w, ctx.root_ids = per_pattern, weights, root_ids
+            ctx.cache = cache  # its scratch workspaces serve the backward pass
         if per_pattern:  # n_p log L_p (N, P)
             return (logl if root_ids is None else logl[:, root_ids]) * weights
         return (logl * scaled_w).sum(-1)
@@ -178,10 +189,11 @@ class Pruning(torch.autograd.Function):
         g = cat_w[:, :, None, None] * freqs[:, None, :, None] * root_coef
         sched, state = ctx.sched, ctx.state
         grad_trans = {
+            Path.WAVES: lambda: backward_waves(trans_n, state, g, ctx.cache),
             Path.REPEATS: lambda: backward_repeats(sched.rows, trans_n, state, g),
-            Path.BATCH_REPEATS: lambda: backward_batched_repeats(trans_n, state, g),
+            Path.BATCH_REPEATS: lambda: backward_batched_repeats(trans_n, state, g, ctx.cache),
             Path.SHARED: lambda: backward_shared(sched.rows, trans_n, tips, state, g),
-            Path.BATCHED: lambda: backward_batched(sched, trans_n, tips, state, g),
+            Path.BATCHED: lambda: backward_batched(sched, trans_n, tips, state, g, ctx.cache),
         }[ctx.path]()
         return grad_trans, grad_freqs, grad_cat, *([None] * 7)
 

@@ -159,7 +159,7 @@ def _step_matrices(trans_n: Tensor, plan: BatchPlan) -> Tensor:
     return mats.view(-1, n_batch, n_cat, 4, 4).permute(1, 2, 0, 3, 4)
 
 
-def backward_batched_repeats(trans_n, state: BatchRepeatsState, g):
+def backward_batched_repeats(trans_n, state: BatchRepeatsState, g, cache):
     r"""Pre-order pass of `forward_batched_repeats`, wave by wave from the root: each wave's
     outside partials, times the sibling messages, are scattered onto the children's columns
     of a buffer shaped like the forward one, where each child later finds them summed over
@@ -170,7 +170,9 @@ def backward_batched_repeats(trans_n, state: BatchRepeatsState, g):
     their children, are zero."""
     plan, saved = state.plan, state.saved
     n, n_batch, n_cat = plan.n, trans_n.shape[1], trans_n.shape[2]
-    upper = trans_n.new_zeros(n_batch, n_cat, 4, plan.width)  # summed U of every node
+    # summed U of every node, in the cache's scratch memory (nothing returned refers to it)
+    upper = cache.workspace("clade outside messages", (n_batch, n_cat, 4, plan.width), trans_n)
+    upper.zero_()
     mats = _step_matrices(trans_n, plan)
     g = g[:, :, :, None]  # the root's wave: one step
     grads = []

@@ -170,16 +170,19 @@ def backward_shared(rows, trans_n, tips, state: SharedState, g):
     return grad_n[: 2 * n - 3].transpose(0, 1)
 
 
-def backward_batched(sched, trans_n, tips, state: BatchedState, g):
+def backward_batched(sched, trans_n, tips, state: BatchedState, g, cache):
     """Pre-order pass for a different topology per batch element (gathers by index).
 
     `msg[j]` holds the two children's messages of row `j` gathered in the forward pass,
     `factor[j]` its rescaling factor; `g` and the normalisation are as in
-    `backward_shared`, so every edge's gradient is one product at the end.
+    `backward_shared`, so every edge's gradient is one product at the end. Its buffers are
+    the `cache`'s scratch workspaces.
     """
     n = tips.shape[0]
     msg, low, factor = state.pairs, state.low, state.factor
-    upper = low.new_empty(n - 1, 2, *low.shape[1:])  # U of each row's two children
+    # U of each row's two children; scratch (megabytes: fresh pages cost more than the
+    # arithmetic), which nothing returned refers to
+    upper = cache.workspace("outside messages", (n - 1, 2, *low.shape[1:]), low)
     flat_upper = upper.flatten(0, 2)
     for j in range(n - 2, -1, -1):
         if j < n - 2:
@@ -192,7 +195,9 @@ def backward_batched(sched, trans_n, tips, state: BatchedState, g):
         torch.mul(g, m0, out=upper[j, 1])
     # every edge at once: d out / d P_k = U_k L_k^T
     edges = 2 * n - 3
-    u = flat_upper.index_select(0, sched.slot[:edges].flatten()).unflatten(0, (edges, -1))
+    u = cache.workspace("edge outside messages", (edges * low.shape[1], *low.shape[2:]), low)
+    torch.index_select(flat_upper, 0, sched.slot[:edges].flatten(), out=u)
+    u = u.unflatten(0, (edges, -1))
     grad_leaf = torch.bmm(u[:n].flatten(1, 3), tips.transpose(-1, -2))
     grad_leaf = grad_leaf.view(n, *u.shape[1:3], 4, 4)
     grad_inner = u[n:] @ low[: n - 3].transpose(-1, -2)

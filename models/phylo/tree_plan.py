@@ -13,6 +13,8 @@ import torch
 
 from varinf.distributions.trees import clade_keys
 
+from .waves import WavePlan
+
 __all__ = ["RepeatPlan", "plan_for"]
 
 
@@ -30,6 +32,8 @@ class RepeatPlan:
             `None` where the gather would be the identity.
         sizes: $K_v$ per node.
         root_ids: `(P,)` distinct root pattern of every site pattern.
+        columns: per row, the children's columns `(i_a, i_b)` as numpy arrays.
+        waves: the level schedule of these columns (`models.phylo.waves.WavePlan`).
         leaf_cols: per row, each leaf child's tip columns at the row's patterns (else `None`).
     """
 
@@ -40,13 +44,14 @@ class RepeatPlan:
         ids = {c: patterns.known(1 << c)[0] for c in range(n)}
         self.sizes = {c: int(ids[c].max()) + 1 for c in range(n)}
         self.tips = [patterns.tip_columns[c, :, : self.sizes[c]].to(tips) for c in range(n)]
-        self.index, self.leaf_cols = [], []
+        self.index, self.leaf_cols, self.columns = [], [], []
         for j, (a, b) in enumerate(rows):
             hit = patterns.known(keys[n + j])
             if hit is None:
                 hit = patterns.combine(keys[n + j], ids[a], ids[b], self.sizes[b])
             ids[n + j], reps = hit
-            x = torch.from_numpy(np.stack([ids[a][reps], ids[b][reps]])).to(device)
+            self.columns.append((ids[a][reps], ids[b][reps]))
+            x = torch.from_numpy(np.stack(self.columns[-1])).to(device)
             self.sizes[n + j] = x.shape[1]
             identity = [x.shape[1] == self.sizes[c] and bool(
                 (x[s] == torch.arange(x.shape[1], device=device)).all())
@@ -58,6 +63,7 @@ class RepeatPlan:
             self.leaf_cols.append(tuple(cols))
         self.root_ids = patterns.root_ids(device)
         self.rows, self._steps = rows, {}
+        self.waves = WavePlan(self, patterns.tip_columns)  # the level schedule, for few particles
 
     @property
     def nbytes(self) -> int:
@@ -65,7 +71,8 @@ class RepeatPlan:
         the alignment's tip columns, and the expanded `steps` views of `index`)."""
         owned = [t for pair in (*self.index, *self.leaf_cols) for t in pair if t is not None]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in owned}
-        return sum(storages.values())
+        columns = sum(a.nbytes for pair in self.columns for a in pair)
+        return sum(storages.values()) + columns + self.waves.nbytes
 
     def expanded(self, width: int) -> list[tuple]:
         """`index` with each index expanded to `(width, 4, K)` (views, kept per width)."""

@@ -36,6 +36,7 @@ CHEAP = {
     "VBIS": {"num_particles": 200, "fit": {"num_steps": 20}},
     "FittedELBO": {"num_particles": 100, "fit": {"num_steps": 20}},
     "NestedSampling": {"num_live": 41, "max_calls": 1000},
+    "BatchedNestedSampling": {"num_live": 40, "walks": 5, "dlogz": 0.5},
     **{name: {"num_starts": 1} for name in ("MAP", "MaximumLikelihood", "Laplace")},
     **{name: {"num_starts": 1} for name in ("GammaLaplus", "LogNormalLaplus", "BetaPrimeLaplus")},
     **dict.fromkeys(

@@ -68,13 +68,14 @@ def test_underflow_is_remembered_on_1200_taxa(monkeypatch):
     children = random_topologies(n, 1, torch.Generator().manual_seed(4))[0]
     lengths = torch.full((2 * n - 3,), 0.3, dtype=torch.float64)
     unscaled = []
-    original = pruning.forward_repeats
+    for name in ("forward_waves", "forward_repeats"):  # the one-topology unscaled passes
+        original = getattr(pruning, name)
 
-    def spy(*args):
-        unscaled.append(True)
-        return original(*args)
+        def spy(*args, _original=original):
+            unscaled.append(True)
+            return _original(*args)
 
-    monkeypatch.setattr(pruning, "forward_repeats", spy)
+        monkeypatch.setattr(pruning, name, spy)
     cache = LikelihoodCache(tips)
     first = _loglik(tips, weights, children, lengths, cache)
     assert unscaled == [True] and cache.unscaled_underflows  # tried, underflowed, remembered

@@ -233,7 +233,7 @@ def _count_passes(monkeypatch):
             return _original(*args)
 
         monkeypatch.setattr(pruning, name, spy)
-    for name in ("forward_repeats", "forward_batched_repeats"):
+    for name in ("forward_waves", "forward_repeats", "forward_batched_repeats"):
         original = getattr(pruning, name)
 
         def spy_repeats(*args, _original=original):

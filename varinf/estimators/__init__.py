@@ -1,5 +1,6 @@
 """Estimators of the log marginal likelihood, one module per family."""
 
+from varinf.estimators.batched_nested import BatchedNestedSampling
 from varinf.estimators.bridge import BridgeSampling
 from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
 from varinf.estimators.geco import GECO
@@ -47,6 +48,7 @@ __all__ = [
     "MaximumLikelihood",
     "NaiveMonteCarlo",
     "NestedSampling",
+    "BatchedNestedSampling",
     "Objective",
     "ParticleObjective",
     "PathSampling",

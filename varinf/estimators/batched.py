@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import torch
@@ -32,7 +32,7 @@ from varinf.estimators.laplus import log_q_at_mode
 from varinf.estimators.mode import find_mode, value_and_grad
 
 
-@dataclass(frozen=True)
+@dataclass
 class BatchedProblems:
     r"""$B$ independent problems with positive latents only (e.g. branch lengths).
 
@@ -44,23 +44,30 @@ class BatchedProblems:
         hessian: optional exact Hessians ``z (B, D) -> (B, D, D)`` of $\log p_b(x, e^{z_b})$ in
             $z = \log\theta$ (also those of `log_density`: the Jacobian term is linear);
             finite differences of the gradient when ``None``.
+        num_evaluations: likelihood evaluations per problem so far ($C$ per call of ``C``
+            points; an exact Hessian counts as one).
     """
 
     log_prior_and_likelihood: Callable[[torch.Tensor], torch.Tensor]
     num_problems: int
     dim: int
     hessian: Callable[[torch.Tensor], torch.Tensor] | None = None
+    num_evaluations: int = field(default=0, init=False)
 
     def hessians(self, fn: Callable, z: torch.Tensor) -> torch.Tensor:
         """Exact Hessians where given, else `batched_hessians` of ``fn``."""
-        return self.hessian(z) if self.hessian is not None else batched_hessians(fn, z)
+        if self.hessian is None:
+            return batched_hessians(fn, z)
+        self.num_evaluations += 1
+        return self.hessian(z)
 
     def log_density(self, z: torch.Tensor) -> torch.Tensor:
         r"""$\log\pi_b(z_b) = \log p_b(x, e^{z_b}) + \sum_i z_{bi}$, shape ``(C, B)``."""
-        return self.log_prior_and_likelihood(z.exp()) + z.sum(-1)
+        return self.log_posterior(z) + z.sum(-1)
 
     def log_posterior(self, z: torch.Tensor) -> torch.Tensor:
         r"""$\log p_b(x, e^{z_b})$ (no Jacobian: maximised at the constrained mode)."""
+        self.num_evaluations += z.shape[:-2].numel()
         return self.log_prior_and_likelihood(z.exp())
 
 
@@ -138,9 +145,10 @@ def fast_evidences(
         vbis_steps: SVI steps of the mean-field fit of ``"vbis"``.
 
     Returns:
-        ``{method: {"value": (B,), "stderr": (B,), "seconds": float, ...}}``; deterministic
-        methods have ``stderr`` nan. ``seconds`` counts the shared fit (the mode and Hessians
-        of the Laplus group or of the Laplace group) in every method that uses it.
+        ``{method: {"value": (B,), "stderr": (B,), "seconds": float, "num_evaluations": int,
+        ...}}``; deterministic methods have ``stderr`` nan. ``seconds`` and
+        ``num_evaluations`` (likelihood evaluations per problem) count the shared fit (the mode
+        and Hessians of the Laplus group or of the Laplace group) in every method that uses it.
 
     Examples:
         >>> rates = torch.tensor([[2.0], [5.0]], dtype=torch.float64)
@@ -157,15 +165,15 @@ def fast_evidences(
     nan = torch.full((problems.num_problems,), math.nan, dtype=start.dtype)
     laplus = [m for m in methods if m.endswith("laplus") or m == "glis"]
     if laplus:
-        began = time.perf_counter()
+        began, counted = time.perf_counter(), problems.num_evaluations
         z_c, report = batched_mode(problems.log_posterior, start)
         c = -torch.diagonal(problems.hessians(problems.log_posterior, z_c), dim1=-2, dim2=-1)
         if not (c > 0).all():
             raise ValueError("Laplus: the log posterior is not concave at some problem's mode")
         value_at_mode = problems.log_posterior(z_c[None])[0]
-        fitted = time.perf_counter() - began
+        fitted, fit_evaluations = time.perf_counter() - began, problems.num_evaluations - counted
         for method in laplus:
-            began = time.perf_counter()
+            began, counted = time.perf_counter(), problems.num_evaluations
             if method == "glis":
                 gamma = Gamma(1 + c, c / z_c.exp())
                 proposal = Independent(TransformedDistribution(gamma, [ExpTransform().inv]), 1)
@@ -177,9 +185,12 @@ def fast_evidences(
                 log_q = log_q_at_mode(family, z_c.exp(), c).sum(-1)
                 results[method] = {"value": value_at_mode - log_q, "stderr": nan, **report}
             results[method]["seconds"] = fitted + time.perf_counter() - began
+            results[method]["num_evaluations"] = (
+                fit_evaluations + problems.num_evaluations - counted
+            )
     gaussian = [m for m in methods if m in ("laplace", "is", "vbis")]
     if gaussian:
-        began = time.perf_counter()
+        began, counted = time.perf_counter(), problems.num_evaluations
         z_hat, report = batched_mode(problems.log_density, start)
         hess = problems.hessians(problems.log_density, z_hat)
         precision = -hess
@@ -188,11 +199,14 @@ def fast_evidences(
             raise ValueError("Laplace: the Hessian is not negative definite for some problem")
         at_mode = problems.log_density(z_hat[None])[0]
         fitted, sampled = time.perf_counter() - began, time.perf_counter()
+        fit_evaluations = problems.num_evaluations - counted
+        counted = problems.num_evaluations
         if "laplace" in methods:
             logdet = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
             value = at_mode + 0.5 * problems.dim * math.log(2 * math.pi) - 0.5 * logdet
             results["laplace"] = {"value": value, "stderr": nan, **report}
             results["laplace"]["seconds"], sampled = fitted, time.perf_counter()
+            results["laplace"]["num_evaluations"] = fit_evaluations
         if "is" in methods:
             scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(chol))
             proposal = dist.MultivariateStudentT(torch.tensor(df, dtype=z_hat.dtype), z_hat,
@@ -200,12 +214,16 @@ def fast_evidences(
             log_w = batched_importance(problems.log_density, proposal, num_particles, batch_size)
             results["is"] = summarize_weights(log_w)
             results["is"]["seconds"] = fitted + time.perf_counter() - sampled
-            sampled = time.perf_counter()
+            results["is"]["num_evaluations"] = fit_evaluations + num_particles
+            sampled, counted = time.perf_counter(), problems.num_evaluations
         if "vbis" in methods:
             proposal = _batched_mean_field(problems, z_hat, precision, vbis_steps)
             log_w = batched_importance(problems.log_density, proposal, num_particles, batch_size)
             results["vbis"] = summarize_weights(log_w)
             results["vbis"]["seconds"] = fitted + time.perf_counter() - sampled
+            results["vbis"]["num_evaluations"] = (
+                fit_evaluations + problems.num_evaluations - counted
+            )
     unknown = set(methods) - set(results)
     if unknown:
         raise ValueError(f"methods: unknown fast methods {sorted(unknown)}")
