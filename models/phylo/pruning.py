@@ -32,8 +32,9 @@ exceeds 1e-290, which float64 reaches on trees of a few hundred taxa: then no pa
 more than ~1e-18 of itself to underflow. Otherwise the cache remembers that this alignment
 underflows (`LikelihoodCache.unscaled_underflows`) and later calls go straight to the
 rescaled passes; a likelihood that is truly zero (the rescaled pass gives $-\infty$ too) is
-not taken for underflow, so one such point does not slow every later call. A rescaled pass is kept unless a factor fell below 1e-200 (rescaled too
-rarely), in which case it is redone rescaling at every node. The answer never depends on
+not taken for underflow, so one such point does not slow every later call. A rescaled pass
+is kept unless a factor fell below 1e-200 (rescaled too rarely), in which case it is redone
+rescaling at every node. The answer never depends on
 luck, only the cost does.
 
 The backward pass is the pre-order recursion of `models.phylo.likelihood` (Ji et al. 2020),
