@@ -181,8 +181,8 @@ def _fast(make):
 
 
 FAST_METHODS = [
-    Method("map", _fast(lambda mode, seed: varinf.MAP(**mode, seed=seed))),
-    Method("ml", _fast(lambda mode, seed: varinf.MaximumLikelihood(**mode, seed=seed))),
+    Method("map", _fast(lambda mode, seed: varinf.MAP(num_starts=2, seed=seed))),
+    Method("ml", _fast(lambda mode, seed: varinf.MaximumLikelihood(num_starts=2, seed=seed))),
     Method("laplace", _fast(lambda mode, seed: varinf.Laplace(**mode, seed=seed))),
     Method("gamma-laplus", _fast(lambda mode, seed: varinf.GammaLaplus(**mode, seed=seed))),
     Method("betaprime-laplus", _fast(lambda m, seed: varinf.BetaPrimeLaplus(**m, seed=seed))),

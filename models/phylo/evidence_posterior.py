@@ -179,15 +179,16 @@ def plot_posterior(path: Path, rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    low = 1e-4
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method and math.isfinite(float(r["posterior"]))]
-        if mine:
-            golden = [max(float(r["golden"]), low) for r in mine]
-            ax.scatter(golden, [max(float(r["posterior"]), 1e-6) for r in mine], s=14,
-                       alpha=0.8, label=method)  # fmt: skip
+    shown = [r for r in rows if math.isfinite(float(r["posterior"]))]
+    values = [float(r[k]) for r in shown for k in ("golden", "posterior") if float(r[k]) > 0]
+    low = max(min(values, default=1e-6) / 2, 1e-6)
+    for method in dict.fromkeys(r["method"] for r in shown):
+        mine = [r for r in shown if r["method"] == method]
+        ax.scatter([max(float(r["golden"]), low) for r in mine],
+                   [max(float(r["posterior"]), low) for r in mine], s=14, alpha=0.8,
+                   label=method)  # fmt: skip
     ax.plot([low, 1], [low, 1], color="gray", lw=0.8)
-    ax.set(xscale="log", yscale="log", xlim=(low, 1), ylim=(1e-6, 1),
+    ax.set(xscale="log", yscale="log", xlim=(low, 1), ylim=(low, 1),
            xlabel="golden-run posterior (renormalised over the set)",
            ylabel="posterior from the estimated evidences")  # fmt: skip
     ax.legend(fontsize=8)
