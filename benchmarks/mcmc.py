@@ -15,9 +15,9 @@ evaluations, bulk ESS (ArviZ; minimum and median over the 51 dimensions), ESS pe
 total wall time and of the sampling phase, the largest R-hat, mean leapfrog steps per
 iteration; for ``varinf`` also the cost of one batched step (one ``value_and_grad`` call for
 all chains) against one single-chain call. Then the ratio of ESS/s (minimum-ESS based). Both use
-the same warm-up fraction (warm-up = draws by default). One intra-op thread. Run:
-``python benchmarks/mcmc.py [--chains 64] [--warmup 300] [--draws 300] [--nuts-chains 2]
-[--nuts-warmup 200] [--nuts-draws 200] [--device cuda]``.
+the same numbers of warm-up iterations and draws per chain (150 and 500 by default). One
+intra-op thread. Run: ``python benchmarks/mcmc.py [--chains 64] [--warmup 150] [--draws 500]
+[--nuts-chains 2] [--nuts-warmup 150] [--nuts-draws 500]``.
 """
 
 from __future__ import annotations
@@ -103,11 +103,11 @@ def run_pyro(potential, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chains", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--draws", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=150)
+    parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--nuts-chains", type=int, default=2)
-    parser.add_argument("--nuts-warmup", type=int, default=200)
-    parser.add_argument("--nuts-draws", type=int, default=200)
+    parser.add_argument("--nuts-warmup", type=int, default=150)
+    parser.add_argument("--nuts-draws", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()

@@ -31,8 +31,10 @@ An unscaled pass (the repeats paths, or period 0) is kept when every pattern's l
 exceeds 1e-290, which float64 reaches on trees of a few hundred taxa: then no partial lost
 more than ~1e-18 of itself to underflow. Otherwise the cache remembers that this alignment
 underflows (`LikelihoodCache.unscaled_underflows`) and later calls go straight to the
-rescaled passes. A rescaled pass is kept unless a factor fell below 1e-200 (rescaled too
-rarely), in which case it is redone rescaling at every node. The answer never depends on
+rescaled passes; a likelihood that is truly zero (the rescaled pass gives $-\infty$ too) is
+not taken for underflow, so one such point does not slow every later call. A rescaled pass
+is kept unless a factor fell below 1e-200 (rescaled too rarely), in which case it is redone
+rescaling at every node. The answer never depends on
 luck, only the cost does.
 
 The backward pass is the pre-order recursion of `models.phylo.likelihood` (Ji et al. 2020),
@@ -147,7 +149,7 @@ class Pruning(torch.autograd.Function):
         trans_n = trans_n.transpose(0, 1).contiguous()
         sched = Schedule(children, n_batch)
         keep = any(ctx.needs_input_grad[:3])
-        periods, path, root_ids = _passes(every), None, None
+        periods, path, root_ids, suspect = _passes(every), None, None, False
         if optimistic and not cache.unscaled_underflows:
             path, result = _unscaled_repeats(trans_n, tips, sched, children, freqs, cat_w,
                                              weights, keep, cache)  # fmt: skip
@@ -157,12 +159,14 @@ class Pruning(torch.autograd.Function):
                 logl, state, lik, root, scaled_w, _ = result
                 root_ids = state.plan.root_ids
             else:
-                path = None
-                cache.unscaled_underflows = True
+                path, suspect = None, True
         if path is None:
             path, logl, state, lik, root = _scaled(trans, trans_n, tips, sched, freqs, cat_w,
                                                    weights, periods, keep, cache)  # fmt: skip
             scaled_w = weights
+        if suspect:  # underflow, unless a likelihood is truly zero (a change of state across
+            # an edge of length 0, as a wild leapfrog step makes): then rescaling gives -inf too
+            cache.unscaled_underflows = bool(logl.isfinite().all())
         if keep:
             ctx.save_for_backward(trans_n, freqs, cat_w, tips, scaled_w, lik, root, trans)
             ctx.path, ctx.sched, ctx.state = path, sched, state

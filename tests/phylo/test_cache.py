@@ -147,3 +147,19 @@ def test_cached_values_count_the_memory_they_hold():
             assert _held_bytes(value, shared) <= declared, (name, type(value).__name__)
             checked += 1
     assert checked >= 6
+
+
+def test_a_zero_likelihood_is_not_taken_for_underflow():
+    # an edge of length 0 under a change of state has likelihood exactly 0 (a leapfrog step far
+    # out makes one): no rescaling helps, so it must not switch the alignment to rescaled passes
+    aln = _random_alignment(8, 50, seed=6)
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    children = random_topologies(8, 1, torch.Generator().manual_seed(7))[0]
+    cache = LikelihoodCache(tips)
+    lengths = torch.full((13,), 0.1, dtype=torch.float64)
+    lengths[:8] = 0.0  # every leaf edge: differing tips are impossible
+    assert _loglik(tips, weights, children, lengths, cache) == -torch.inf
+    assert not cache.unscaled_underflows
+    lengths[:8] = 0.1
+    assert torch.isfinite(_loglik(tips, weights, children, lengths, cache))
+    assert not cache.unscaled_underflows

@@ -20,14 +20,18 @@ $u \sim U(0, 1)$ drawn afresh each iteration, which keeps HMC from resonating on
 
 **Warm-up** (`varinf.mcmc.adaptation`), Stan's windowed schedule (Stan Reference Manual,
 "HMC algorithm parameters: automatic parameter tuning"): an initial fast window, slow windows
-that double in length, a final fast window. Throughout, each chain's $\epsilon_c$ follows dual
-averaging towards the target acceptance $\delta$ (Hoffman & Gelman 2014, §3.2); at the end of
+that double in length, a final fast window. Throughout, $\epsilon$ follows dual averaging
+towards the target acceptance $\delta$ (Hoffman & Gelman 2014, §3.2), driven by the mean
+acceptance statistic of the chains that share a $\beta$ (cross-chain adaptation: they take the
+same number of steps, so no batched call runs on a few stragglers); at the end of
 each slow window the inverse metric becomes the regularised variance of the window's draws,
 pooled over the chains that share a $\beta$ (one chain alone: its own draws), and the step
 sizes are re-initialised (Hoffman & Gelman 2014, Algorithm 4). The integration time is
 $T = \pi\sqrt{\lambda_{\max}}$, with $\lambda_{\max}$ the variance of the slowest direction in
 whitened coordinates, tracked by a running power iteration over the chains of each $\beta$
-(the direction SNAPER targets, Sountsov & Hoffman 2022): with $u \sim U(0, 1)$,
+(the direction SNAPER targets, Sountsov & Hoffman 2022), started afresh with the first
+metric (before it, chains drawn from the prior are still falling towards the typical set,
+their spread is no guide, and trajectories are capped at 8 steps): with $u \sim U(0, 1)$,
 $\mathbb E[\cos(uT)] = 0$, so a Gaussian's slowest direction decorrelates in one transition,
 while faster directions see random phases. A power-posterior run thus adapts every
 temperature separately inside the same batched calls.

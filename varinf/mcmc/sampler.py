@@ -14,6 +14,7 @@ from varinf.mcmc.result import MCMCRun
 from varinf.mcmc.state import DRAW_FIELDS, RunState, empty_draws
 
 KERNELS = ("hmc", "nuts")
+INITIAL_MAX_STEPS = 8  # trajectory cap until the first metric (see `MCMC`)
 _CONFIG = (
     "num_chains", "num_warmup", "num_draws", "kernel", "target_accept", "max_steps",
     "pooled_metric",
@@ -42,11 +43,18 @@ class MCMC:
         seed: seeds the sampler's own `torch.Generator` (the global RNG is left alone, except
             that prior draws for initial points are made under a forked, seeded global RNG).
         progress: show a progress bar.
-        max_steps: the most leapfrog steps of one trajectory.
+        max_steps: the most leapfrog steps of one trajectory. Until the first metric the cap is
+            ``min(max_steps, 8)``: chains started from prior draws are still falling towards
+            the typical set, their spread says nothing about the posterior's slowest scale,
+            and an integration time estimated from it would make every transient iteration
+            run to the cap. The integration-time estimate starts afresh with the first metric.
         max_energy_error: energy error beyond which a transition counts as divergent.
-        pooled_metric: estimate each chain's metric from the draws of all chains with the same
-            $\beta$ (a sample $C_\beta$ times larger, from 25-iteration windows); ``False``
-            for Stan's chain-by-chain estimate.
+        pooled_metric: adapt across the chains that share a $\beta$: their metric from all
+            their draws (a sample $C_\beta$ times larger, from 25-iteration windows) and one
+            step size from their mean acceptance statistic (cross-chain adaptation, as
+            TFP's and NumPyro's vectorised samplers do), so that they all take the same number
+            of leapfrog steps and every batched call carries all of them; ``False`` for Stan's
+            chain-by-chain adaptation.
 
     Examples:
         >>> import pyro.distributions as dist
@@ -187,10 +195,11 @@ class MCMC:
                 "inside the support where the model's log density is finite"
             )
         inv_metric = torch.ones_like(z)
+        _, group = torch.unique(beta, return_inverse=True)
         step_size, spent = reasonable_step_size(
             self.potential, points, torch.ones_like(beta), inv_metric, beta, self.generator
         )
-        _, group = torch.unique(beta, return_inverse=True)
+        step_size = self._pool(step_size.log(), group).exp()
         trajectory = PrincipalScale(group, z.shape[-1], z)
         trajectory.reset(z)
         trajectory.update(z)
@@ -240,7 +249,10 @@ class MCMC:
         jitter = torch.rand((), generator=g, dtype=dtype).to(device)
         length = state.trajectory.integration_time() / state.step_size
         steps = torch.ceil(jitter * length)
-        num_steps = steps.clamp(1, self.max_steps).long()
+        cap = self.max_steps
+        if state.iteration < self._first_metric:
+            cap = min(cap, INITIAL_MAX_STEPS)
+        num_steps = steps.clamp(1, cap).long()
         path = leapfrog_trajectory(
             self.potential, state.points, momentum, state.step_size, state.inv_metric,
             num_steps, state.beta, self.max_energy_error,
@@ -262,12 +274,14 @@ class MCMC:
     def _adapt(self, state, previous: Points, path, num_steps, accept_prob) -> None:
         i = state.iteration
         slow_start, ends = warmup_windows(self.num_warmup)
-        step_size = state.dual.update(accept_prob)
+        step_size = state.dual.update(self._pool(accept_prob, state.group))
         state.trajectory.update(state.points.z / state.inv_metric.sqrt())
         if slow_start <= i < (ends[-1] if ends else -1):
             state.welford.update(state.points.z)
         if i + 1 in ends:
             step_size = self._new_metric(state, step_size)
+        if i + 1 == self._first_metric:  # forget the transient: T from settled chains only
+            state.trajectory.reset(state.points.z / state.inv_metric.sqrt())
         if i + 1 == (self.num_warmup + (ends[-1] if ends else 0)) // 2:
             state.dual.restart_average()  # the second half of the final window
         if i + 1 == self.num_warmup:
@@ -284,6 +298,7 @@ class MCMC:
             self.potential, state.points, step_size, state.inv_metric, state.beta, self.generator
         )
         state.num_evaluations += spent
+        fresh = self._pool(fresh.log(), state.group).exp()
         state.dual.restart(fresh)
         return fresh
 
@@ -295,6 +310,15 @@ class MCMC:
         draws["acceptance_rate"][:, index] = accept_prob
         draws["diverging"][:, index] = divergent
         draws["n_steps"][:, index] = num_steps
+
+    @property
+    def _first_metric(self) -> int:
+        """The iteration that brings the first metric (the end of warm-up if none)."""
+        slow_start, ends = warmup_windows(self.num_warmup)
+        return ends[0] if ends else slow_start
+
+    def _pool(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        return _group_mean(x, group) if self.pooled_metric else x
 
     # ---- results ----------------------------------------------------------------------------
 
@@ -335,11 +359,11 @@ class MCMC:
         )
 
 
-def _group_mean(x: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Each row of ``x (C, D)`` replaced by the mean of the rows of its group."""
-    sums = x.new_zeros(num_groups, x.shape[1]).index_add_(0, group, x)
-    sizes = torch.bincount(group, minlength=num_groups).to(x)
-    return (sums / sizes[:, None])[group]
+def _group_mean(x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Each entry of ``x (C,)`` replaced by the mean over the chains of its group."""
+    num_groups = int(group.max()) + 1
+    sums = x.new_zeros(num_groups).index_add_(0, group, x)
+    return (sums / torch.bincount(group, minlength=num_groups).to(x))[group]
 
 
 def _check_counts(num_chains, num_warmup, num_draws, max_steps) -> None:
