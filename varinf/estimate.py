@@ -177,6 +177,8 @@ class Estimator:
 def _differs(value: Any, default: Any) -> bool:
     if default is inspect.Parameter.empty:
         return True
+    if default is None and isinstance(value, dict | list | tuple) and not value:
+        return False  # ``options=None`` stored as an empty container: nothing was set
     try:
         return bool(value != default)
     except (TypeError, RuntimeError, ValueError):  # tensors, arrays: show them

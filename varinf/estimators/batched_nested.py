@@ -128,6 +128,10 @@ class BatchedNestedSampling(Estimator):
         self.num_live, self.num_replace, self.walks = num_live, num_replace, walks
         self.dlogz, self.max_iterations = dlogz, max_iterations
 
+    @property
+    def label_defaults(self) -> dict:
+        return {"num_replace": max(1, self.num_live // 2)}  # the default n/2 stays unlabelled
+
     def _estimate(self, model, guide, args, kwargs) -> Estimate:
         potential = Potential(model, args, kwargs)
 

@@ -22,7 +22,7 @@ $p(x)$) and its standard error the delta-method spread across them.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -255,6 +255,8 @@ class AnnealedImportanceSampling(SequentialMonteCarlo):
     (adaptive temperatures kept); arguments as `SequentialMonteCarlo`."""
 
     name = "ais"
+
+    label_defaults: ClassVar[dict] = {"resample_threshold": 0.0}
 
     def __init__(self, num_particles: int = 256, **options: Any) -> None:
         if options.get("resample_threshold", 0.0) != 0.0:
