@@ -11,7 +11,8 @@ Prints, every ``--eval-every`` steps: iteration, wall seconds, the mean K=10 low
 the last record, KL(golden || q) against the pooled golden runs; at the end the ELBO and the
 1000-particle importance-sampling marginal likelihood (published: -7108.42 +- 0.10, ELBO about
 -7110.3 ... -7111.3, KL about 0.074 after 200k steps). The run checkpoints to ``--checkpoint``
-and resumes from it, so a 200k-step run can be spread over several invocations.
+and resumes from it, so a 200k-step run can be spread over several invocations; ``--plot DIR``
+writes the bound and KL against iterations and the top topologies against the golden runs.
 
 ``--peer DIR`` also times the reference implementation (``zcrabbit/vbpi-torch``, its
 ``unrooted/`` folder; needs ``ete3`` and ``bitarray``) for ``--peer-iterations`` steps on the
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.phylo import datasets, phylo_model, read_alignment, read_trees  # noqa: E402
-from models.phylo.vbpi_cli import read_golden  # noqa: E402
+from models.phylo.vbpi_cli import plot_run, read_golden  # noqa: E402
 from varinf.distributions.sbn import SBNSupport  # noqa: E402
 from varinf.guides import VBPIGuide, VBPITrainer, tree_kl  # noqa: E402
 
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--peer-iterations", type=int, default=50)
     parser.add_argument("--timing-iterations", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--plot", type=Path, default=None, help="folder for vbpi.png")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = args.data if args.data.exists() else datasets.root()
@@ -161,6 +163,8 @@ def main() -> None:
         print(f"{ms:.1f} ms per step, {REFERENCE_MS / ms:.1f}x the reference's ~100 ms")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.plot:
+        plot_run(trainer, golden, args.plot)
 
 
 if __name__ == "__main__":

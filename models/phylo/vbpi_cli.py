@@ -145,6 +145,10 @@ def plot_run(trainer, golden, folder: Path) -> None:
     fig, axes = plt.subplots(1, 3 if golden is not None else 1, figsize=(12, 3.5), squeeze=False)
     axes = axes[0]
     axes[0].plot(h.iteration, h.lower_bound)
+    if len(h.lower_bound) > 10:  # the first records (annealing starts) would flatten the rest
+        settled = h.lower_bound[len(h.lower_bound) // 10 :]
+        span = max(settled) - min(settled)
+        axes[0].set_ylim(min(settled) - 0.05 * span, max(settled) + 0.05 * span)
     axes[0].set(xlabel="iteration", ylabel=f"lower bound (K={trainer.loss.num_particles})")
     if golden is not None:
         axes[1].semilogy(h.iteration, h.kl)
