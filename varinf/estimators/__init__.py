@@ -4,8 +4,9 @@ from varinf.estimators.batched_nested import BatchedNestedSampling
 from varinf.estimators.bridge import BridgeSampling
 from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
 from varinf.estimators.geco import GECO
+from varinf.estimators.glis import GLIS
 from varinf.estimators.harmonic import HarmonicMean, StabilizedHarmonicMean
-from varinf.estimators.importance import GLIS, VBIS, ImportanceSampling
+from varinf.estimators.importance import ImportanceSampling
 from varinf.estimators.laplace import MAP, Laplace, MaximumLikelihood
 from varinf.estimators.laplus import BetaPrimeLaplus, GammaLaplus, LogNormalLaplus
 from varinf.estimators.meanfield import FittedELBO
@@ -22,6 +23,7 @@ from varinf.estimators.thermodynamic import (
     PathSampling,
     SteppingStone,
 )
+from varinf.estimators.vbis import VBIS
 
 __all__ = [
     "CPO",
