@@ -86,10 +86,11 @@ def substitution(args: argparse.Namespace, aln: Alignment):
 
 def evaluate_tree(aln: Alignment, tree: Tree, model_sub, prior, classes, args, index: int):
     """Yield one result row per estimator class for ``tree``."""
+    from varinf.estimators.generalized import GeneralizedSteppingStone
     from varinf.estimators.posterior_draws import PosteriorDrawEstimator
     from varinf.estimators.runs import PosteriorRun, PowerPosteriorRun
     from varinf.estimators.temperatures import beta_quantile_temperatures
-    from varinf.estimators.thermodynamic import GeneralizedSteppingStone, SteppingStone
+    from varinf.estimators.thermodynamic import SteppingStone
     from varinf.potential import Potential
 
     model = _model(aln, tree, model_sub, prior)

@@ -4,6 +4,7 @@ from varinf.estimators.batched_nested import BatchedNestedSampling
 from varinf.estimators.bridge import BridgeSampling
 from varinf.estimators.elbo import ELBO, IWAE, RQMCELBO, VIMCO, ScoreELBO
 from varinf.estimators.geco import GECO
+from varinf.estimators.generalized import GeneralizedSteppingStone
 from varinf.estimators.glis import GLIS
 from varinf.estimators.harmonic import HarmonicMean, StabilizedHarmonicMean
 from varinf.estimators.importance import ImportanceSampling
@@ -17,12 +18,7 @@ from varinf.estimators.predictive import CPO, PointwisePredictiveDensity
 from varinf.estimators.runs import PosteriorRun, PowerPosteriorRun
 from varinf.estimators.smc import AnnealedImportanceSampling, SequentialMonteCarlo
 from varinf.estimators.sumo import SUMO
-from varinf.estimators.thermodynamic import (
-    GeneralizedSteppingStone,
-    ModifiedPathSampling,
-    PathSampling,
-    SteppingStone,
-)
+from varinf.estimators.thermodynamic import ModifiedPathSampling, PathSampling, SteppingStone
 from varinf.estimators.vbis import VBIS
 
 __all__ = [
