@@ -127,6 +127,13 @@ def test_power_posteriors_in_one_batched_run():
         assert_moments(run, run.beta == t, mean, cov.diagonal())
     tempered = run.log_prior + run.beta[:, None] * run.log_likelihood
     assert torch.allclose(run.log_density, tempered)
+    # cross-chain adaptation: one step size, hence one trajectory length, per temperature
+    steps = run.diagnostics["n_steps"]
+    for t in temperatures:
+        group = run.beta == t
+        assert torch.equal(run.step_size[group], run.step_size[group][:1].expand(4))
+        assert torch.equal(steps[group], steps[group][:1].expand(4, -1))
+    assert len(torch.unique(run.step_size)) == len(temperatures)
 
 
 @pytest.mark.parametrize("problem", [ConjugateGaussian.example(), small_regression(3)])
@@ -230,3 +237,25 @@ def test_bad_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         MCMC(target, num_chains=2, beta=torch.tensor([0.0, 1.0]))
+
+
+def test_trajectories_are_capped_until_the_first_metric(monkeypatch):
+    """Chains started far from the posterior must not run every early trajectory to
+    `max_steps`: at most 8 leapfrog steps until the first metric (iteration 100 of 150)."""
+    import varinf.mcmc.sampler as sampler
+    from varinf.mcmc.adaptation import warmup_windows
+
+    target, longest = blr_target(), []
+    original = sampler.leapfrog_trajectory
+
+    def spy(potential, start, momentum, step_size, inv_metric, num_steps, *rest):
+        longest.append(int(num_steps.max()))
+        return original(potential, start, momentum, step_size, inv_metric, num_steps, *rest)
+
+    monkeypatch.setattr(sampler, "leapfrog_trajectory", spy)
+    init = torch.full((4, target.dim), 30.0, dtype=torch.float64)  # far out: a long transient
+    MCMC(target, num_chains=4, num_warmup=150, num_draws=20, seed=0, progress=False).run(init)
+    first_metric = warmup_windows(150)[1][0]
+    assert first_metric == 100 and len(longest) == 170
+    assert max(longest[:first_metric]) <= 8
+    assert max(longest[first_metric:]) > 8  # afterwards the integration time decides

@@ -2,25 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-
 import torch
-
-from models.phylo import from_edges
-
-
-def all_topologies(n: int) -> torch.Tensor:
-    """Every unrooted topology on n taxa, by stepwise addition over all edge choices."""
-    out = []
-    for choice in itertools.product(*[range(2 * i - 3) for i in range(3, n)]):
-        edges = [(0, n), (1, n), (2, n)]
-        for i, e in zip(range(3, n), choice, strict=True):
-            u, v = edges[e]
-            w = n + i - 2
-            edges[e] = (u, w)
-            edges.extend([(w, v), (w, i)])
-        out.append(from_edges(n, edges)[0])
-    return torch.stack(out)
 
 
 def _adjacency(children: torch.Tensor) -> dict[int, list[int]]:

@@ -20,7 +20,9 @@ from varinf.distributions.sbn import ConditionalCladeDistribution, fit_sbn, samp
 from varinf.distributions.sbn.fitting import unique_trees
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sbn_helpers import all_topologies, brute_log_prob, tables_as_sets  # noqa: E402
+from sbn_helpers import brute_log_prob, tables_as_sets  # noqa: E402
+
+from varinf.distributions.trees import all_topologies  # noqa: E402
 
 # False-failure rate of each goodness-of-fit test (p-value threshold, fixed seeds).
 TEST_FAILURE_RATE = 1e-3

@@ -148,6 +148,14 @@ def test_labels_and_reprs_identify_the_estimator():
     expected = "IWAE(num_particles=4, gradient='dreg', seed=1)"
     assert repr(IWAE(4, gradient="dreg", seed=1)) == expected
     assert "jit" not in repr(varinf.SUMO()) and "retain_graph" not in repr(varinf.ELBO())
+    # options left at their defaults stay out of the label, even when stored normalised
+    assert varinf.VBIS().label == "vbis(K=10000)"
+    assert varinf.GLIS().label == "glis(K=10000)"
+    assert varinf.AnnealedImportanceSampling().label == "ais(K=256)"
+    assert varinf.BatchedNestedSampling().label == "nested-batched"
+    assert varinf.VBIS(guide="flow", fit={"num_steps": 3}).label == (
+        "vbis(K=10000, guide=flow, fit={'num_steps': 3})"
+    )
 
 
 def test_estimate_leaves_gradients_to_the_estimator():

@@ -11,10 +11,8 @@ import torch
 
 from models.phylo import Alignment, phylo_model, to_newick
 from varinf.distributions.sbn import SBNSupport
+from varinf.distributions.trees import all_topologies
 from varinf.guides import VBPIGuide, VBPITrainer
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "distributions"))
-from sbn_helpers import all_topologies  # noqa: E402
 
 
 def simulate(children, lengths, sites, gen):

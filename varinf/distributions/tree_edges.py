@@ -7,12 +7,13 @@ the canonical `(n-1, 2)` table by one depth-first walk from the last taxon's edg
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["PhyloFormatError", "canonicalize", "from_edges", "random_topologies"]
+__all__ = ["PhyloFormatError", "all_topologies", "canonicalize", "from_edges", "random_topologies"]
 
 
 class PhyloFormatError(ValueError):
@@ -183,13 +184,29 @@ def random_topologies(n: int, num: int, generator: torch.Generator | None = None
         raise ValueError(f"n must be at least 3, got {n}")
     picks = [torch.randint(0, 2 * i - 3, (num,), generator=generator) for i in range(3, n)]
     picks_t = torch.stack(picks, -1).tolist() if picks else [[] for _ in range(num)]
-    out = []
-    for choice in picks_t:
-        edges = [(0, n), (1, n), (2, n)]
-        for i, e in zip(range(3, n), choice, strict=True):
-            u, v = edges[e]
-            w = n + i - 2
-            edges[e] = (u, w)
-            edges.extend([(w, v), (w, i)])
-        out.append(from_edges(n, edges)[0])
-    return torch.stack(out)
+    return torch.stack([_stepwise_addition(n, choice) for choice in picks_t])
+
+
+def all_topologies(n: int) -> Tensor:
+    r"""Every canonical unrooted topology on `n` taxa, `((2n-5)!!, n-1, 2)`: stepwise
+    addition over all sequences of edge choices (for enumeration on small `n`).
+
+    Examples:
+        >>> all_topologies(5).shape
+        torch.Size([15, 4, 2])
+    """
+    if n < 3:
+        raise ValueError(f"n must be at least 3, got {n}")
+    choices = itertools.product(*[range(2 * i - 3) for i in range(3, n)])
+    return torch.stack([_stepwise_addition(n, choice) for choice in choices])
+
+
+def _stepwise_addition(n: int, choice) -> Tensor:
+    """The topology made by attaching taxon `i` to edge `choice[i-3]` of the tree so far."""
+    edges = [(0, n), (1, n), (2, n)]
+    for i, e in zip(range(3, n), choice, strict=True):
+        u, v = edges[e]
+        w = n + i - 2
+        edges[e] = (u, w)
+        edges.extend([(w, v), (w, i)])
+    return from_edges(n, edges)[0]

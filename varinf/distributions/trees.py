@@ -36,6 +36,7 @@ from torch.distributions import constraints
 
 from varinf.distributions.tree_edges import (
     PhyloFormatError,
+    all_topologies,
     canonicalize,
     from_edges,
     random_topologies,
@@ -50,6 +51,7 @@ __all__ = [
     "from_edges",
     "num_topologies_log",
     "parents",
+    "all_topologies",
     "random_topologies",
     "to_newick",
     "topology_constraint",

@@ -121,11 +121,11 @@ class FittedELBO(Estimator):
     ) -> None:
         super().__init__(seed=seed)
         self.num_particles = check_num_particles(num_particles)
-        self.fit = dict(fit) if fit else None  # None: unlabelled
+        self.fit = dict(fit or {})
 
     def _estimate(self, model, guide, args, kwargs) -> Estimate:
         potential = Potential(model, args, kwargs)
-        q, report = fit_mean_field(potential, **(self.fit or {}))
+        q, report = fit_mean_field(potential, **self.fit)
         z = q.sample((self.num_particles,))
         log_weights = potential.log_density(z) - q.log_prob(z)
         stderr = log_weights.std() / math.sqrt(self.num_particles)

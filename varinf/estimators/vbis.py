@@ -64,7 +64,7 @@ class VBIS(_PotentialImportance):
             guide in ("mean-field", "flow") or (callable(guide) and not isinstance(guide, str))
         ):
             raise ValueError(f"guide must be 'mean-field', 'flow' or a Pyro guide, got {guide!r}")
-        self.guide, self.fit = guide, dict(fit) if fit else None  # None: unlabelled
+        self.guide, self.fit = guide, dict(fit or {})
 
     def estimate(self, model, guide=None, *args, **kwargs) -> Estimate:
         if callable(self.guide) and not isinstance(self.guide, str):
@@ -75,8 +75,8 @@ class VBIS(_PotentialImportance):
         if self.guide == "flow":
             from varinf.estimators.flowfit import fit_flow
 
-            return fit_flow(potential, **(self.fit or {}))
-        guide, report = fit_mean_field(potential, **(self.fit or {}))
+            return fit_flow(potential, **self.fit)
+        guide, report = fit_mean_field(potential, **self.fit)
         return guide, {**report, "fit": "mean-field"}
 
 
@@ -96,7 +96,7 @@ class _TrainedGuideImportance(Estimator):
         from pyro.infer import SVI, Trace_ELBO
 
         owner, guide = self.owner, self.owner.guide
-        options = {"num_steps": 1000, "num_particles": 8, "lr": 0.01, **(owner.fit or {})}
+        options = {"num_steps": 1000, "num_particles": 8, "lr": 0.01, **owner.fit}
         unknown = set(options) - {"num_steps", "num_particles", "lr"}
         if unknown:
             raise ValueError(f"fit: unknown options {sorted(unknown)} for a Pyro guide")
