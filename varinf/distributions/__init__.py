@@ -34,6 +34,7 @@ from varinf.distributions.sinkhorn import (
 from varinf.distributions.trees import (
     PhyloFormatError,
     UniformTopology,
+    all_topologies,
     canonicalize,
     clade_keys,
     clades,
@@ -77,6 +78,7 @@ __all__ = [
     "from_edges",
     "num_topologies_log",
     "parents",
+    "all_topologies",
     "random_topologies",
     "to_newick",
     "topology_constraint",
