@@ -26,8 +26,9 @@ class MCMCRun:
             included).
         potential: the potential the draws come from (for `samples`).
         diagnostics: everything else: ``inv_metric`` ``(C, D)``, ``trajectory_length``
-            ``(C,)``, ``num_steps`` per draw ``(C, S)``, ``warmup_divergences`` ``(C,)``,
-            ``elapsed`` seconds, ``interrupted`` and a list of ``warnings``.
+            ``(C,)``, per draw ``(C, S)`` the leapfrog steps ``n_steps``, ``acceptance_rate``
+            and ``diverging``, ``warmup_divergences`` ``(C,)``, ``elapsed`` seconds,
+            ``interrupted`` and a list of ``warnings``.
     """
 
     z: torch.Tensor
