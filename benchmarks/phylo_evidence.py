@@ -7,8 +7,10 @@ estimate, its standard deviation across repeats, the mean reported standard erro
 and likelihood evaluations. Then the wall time our stepping stone and SMC need for a standard
 error of 0.05 nats, against MrBayes 3.2.7's stepping stone (``mb``, run here on the same model
 from ``benchmarks/mrbayes_ds1.nex``, in the same process, so under the same load), as ratios.
-Times for 0.05 nats are extrapolated by the $1/\\sqrt{n}$ rule from the runs made here
-(``time * (error / 0.05)^2``; warm-up is a fixed cost, so this slightly overstates our time).
+Times for 0.05 nats are extrapolated by the $1/\\sqrt{n}$ rule from the runs made here: for
+MrBayes ``time * (spread / 0.05)^2`` (its burn-in is a share of each step's generations), for
+ours ``warm-up + draw time * (error / 0.05)^2`` (warm-up is a fixed cost; the draw time is the
+run's time times the share of its likelihood evaluations spent on draws).
 
 Add a method by appending a `Method` to `METHODS`: a name and a function of the shared
 `Context` (the model and this repeat's runs) returning an `Estimate`. `FAST_METHODS` are the
@@ -80,8 +82,9 @@ class Context:
 
 @dataclass
 class Method:
-    """``run(context) -> (Estimate, seconds)``: seconds include the shared run it used (its
-    full cost, as if run alone)."""
+    """``run(context) -> (Estimate, seconds[, fixed seconds])``: seconds include the shared run
+    it used (its full cost, as if run alone); fixed seconds, the part that more draws would
+    not repeat (the power-posterior warm-up)."""
 
     name: str
     run: Callable
@@ -99,7 +102,9 @@ def _with_power(cls):
         power = ctx.power()
         started = time.perf_counter()
         estimate = cls(run=power).estimate(ctx.model)
-        return estimate, power.seconds + time.perf_counter() - started
+        draw_evaluations = float(power.mcmc.diagnostics["n_steps"].sum())
+        warmup = power.seconds * (1 - draw_evaluations / power.num_evaluations)
+        return estimate, power.seconds + time.perf_counter() - started, warmup
 
     return run
 
@@ -259,8 +264,8 @@ def main() -> None:
         torch.manual_seed(options.seed + r)
         context = Context(model, options, seed=options.seed + 100 * r)
         for method in methods:
-            estimate, seconds = method.run(context)
-            results[method.name].append((estimate, seconds))
+            estimate, seconds, *fixed = method.run(context)
+            results[method.name].append((estimate, seconds, sum(fixed)))
             print(f"replicate {r}: {estimate} ({seconds:.1f} s with its runs)", flush=True)
     mrbayes = {}
     if any(m in METHODS for m in methods):  # the fast methods alone need no MrBayes run
@@ -274,12 +279,12 @@ def report(results: dict, mrbayes: dict) -> None:
           "wall s | likelihood evaluations |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- |")
     for name, rows in results.items():
-        values = [e.value for e, _ in rows]
+        values = [e.value for e, _, _ in rows]
         sd = statistics.stdev(values) if len(values) > 1 else math.nan
         print(f"| {name} | {statistics.mean(values):.3f} | {sd:.3f} | "
-              f"{statistics.mean(e.stderr for e, _ in rows):.3f} | "
-              f"{statistics.mean(s for _, s in rows):.1f} | "
-              f"{statistics.mean(e.num_evaluations for e, _ in rows):.3g} |")  # fmt: skip
+              f"{statistics.mean(e.stderr for e, _, _ in rows):.3f} | "
+              f"{statistics.mean(s for _, s, _ in rows):.1f} | "
+              f"{statistics.mean(e.num_evaluations for e, _, _ in rows):.3g} |")  # fmt: skip
     if not mrbayes:
         print("\nNo MrBayes comparison (mb not found, or only fast methods were run)")
         return
@@ -292,11 +297,16 @@ def report(results: dict, mrbayes: dict) -> None:
         if name not in results:
             continue
         rows = results[name]
-        sds = [e.stderr for e, _ in rows]
-        error = statistics.stdev(e.value for e, _ in rows) if len(rows) > 2 else max(sds)
+        sds = [e.stderr for e, _, _ in rows]
+        error = statistics.stdev(e.value for e, _, _ in rows) if len(rows) > 2 else max(sds)
         error = max(error, statistics.mean(sds))
-        ours = statistics.mean(s for _, s in rows) * (error / TARGET_STDERR) ** 2
-        print(f"{name}: {ours:.0f} s for a 0.05 error -> {mb_time / ours:.1f}x MrBayes's time")
+        fixed = statistics.mean(f for _, _, f in rows)
+        scaled = statistics.mean(s for _, s, _ in rows) - fixed
+        ours = fixed + scaled * (error / TARGET_STDERR) ** 2
+        print(
+            f"{name}: {ours:.0f} s for a 0.05 error ({fixed:.0f} s of warm-up) -> "
+            f"{mb_time / ours:.2f}x MrBayes's time"
+        )
 
 
 if __name__ == "__main__":

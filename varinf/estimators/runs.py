@@ -30,6 +30,16 @@ from varinf.estimators.temperatures import beta_quantile_temperatures, check_tem
 
 RHAT_THRESHOLD = 1.05
 
+#: Leapfrog steps per trajectory of a power-posterior run (``max_steps`` of `varinf.mcmc.MCMC`).
+#: Its estimators average functions of the log-likelihood only. That statistic moves with the
+#: energy level, which each momentum refresh resamples whatever the trajectory's length, so
+#: trajectories longer than it takes to trade kinetic for potential energy buy it nothing. On
+#: DS1 (50 temperatures x 4 chains x 200 draws) the posterior-tuned trajectories of 40-58
+#: steps at beta > 0.3 gave the same log-likelihood ESS as 12 (about 300), and the whole run
+#: reached the same stepping-stone error (0.225 against 0.220) with 1.6x fewer evaluations
+#: (785k against 483k); a cap of 6 lost a third of the ESS at high beta.
+POWER_MAX_STEPS = 12
+
 
 @dataclass
 class PowerPosteriorRun:
@@ -111,7 +121,8 @@ class PowerPosteriorRun:
             potential: a `varinf.potential.Potential` (or any object with its methods) to sample
                 instead of the model's own, e.g. a reference path for the generalized
                 stepping stone.
-            **mcmc_options: passed to `varinf.mcmc.MCMC` (``target_accept``, ``kernel``, ...).
+            **mcmc_options: passed to `varinf.mcmc.MCMC` (``target_accept``, ``kernel``,
+                ``max_steps``: `POWER_MAX_STEPS` unless given, ...).
         """
         from varinf.potential import Potential
 
@@ -142,6 +153,7 @@ class PowerPosteriorRun:
         chains are the temperatures repeated ``num_replicates`` times each."""
         from varinf.mcmc import MCMC
 
+        mcmc_options.setdefault("max_steps", POWER_MAX_STEPS)
         if temperatures is None:
             temperatures = beta_quantile_temperatures()
         betas = check_temperatures(temperatures, needs_zero=False, needs_one=False)
