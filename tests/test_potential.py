@@ -223,6 +223,24 @@ def test_beta_zero_ignores_an_infinite_likelihood():
     assert potential.log_density(z, 1.0)[0] == -math.inf
 
 
+def lognormal_scale_model():
+    scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+    pyro.sample("x", dist.Normal(0.0, scale), obs=torch.tensor(0.5))
+
+
+def test_non_finite_rows_get_nan_terms_and_leave_the_others_alone():
+    """A NaN row, and a row whose exp overflows (scale = inf, where Normal(0, inf) would fail
+    Pyro's validation), are not run through the model: NaN terms, zero gradient."""
+    potential = Potential(lognormal_scale_model)
+    z = torch.tensor([[0.1], [math.nan], [800.0], [-0.3]], dtype=torch.float64)
+    value, grad, terms = potential.value_and_grad(z, torch.ones(4, dtype=torch.float64))
+    finite = potential.value_and_grad(z[[0, 3]], torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(value[[0, 3]], finite[0])
+    torch.testing.assert_close(grad[[0, 3]], finite[1])
+    assert value[[1, 2]].isnan().all() and terms.log_likelihood[[1, 2]].isnan().all()
+    assert (grad[[1, 2]] == 0).all()
+
+
 def test_batch_dimensions_outside_plates_go_right_of_the_chains():
     def model():
         loc = pyro.sample("loc", dist.Normal(torch.zeros(3), 1.0))  # batch shape (3,), no plate

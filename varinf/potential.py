@@ -29,7 +29,7 @@ from typing import NamedTuple
 import pyro
 import pyro.poutine as poutine
 import torch
-from torch.distributions import Transform, biject_to
+from torch.distributions import Transform, biject_to, constraints
 
 from varinf.potential_layout import (
     ModelLayout,
@@ -53,12 +53,14 @@ class Site(NamedTuple):
         shape: Its constrained shape per chain (batch and event shape of one unvectorised run).
         transform: ``biject_to(support)``, from unconstrained to constrained values.
         slice: The columns of ``z`` holding the site's unconstrained values.
+        support: The site's support (a `torch.distributions.constraints.Constraint`).
     """
 
     name: str
     shape: torch.Size
     transform: Transform
     slice: slice
+    support: constraints.Constraint
 
 
 class Potential:
@@ -156,12 +158,23 @@ class Potential:
     def terms(self, z: torch.Tensor) -> PotentialTerms:
         """Log prior (Jacobians included), log-likelihood and its per-datum terms at ``z``.
 
-        Differentiable with respect to ``z`` when ``z`` requires a gradient.
+        Differentiable with respect to ``z`` when ``z`` requires a gradient. Rows where ``z`` is not
+        finite, or its transform leaves the support (``exp`` of a large ``z`` overflowing to
+        inf, of a very negative one underflowing to 0), get NaN terms and a zero gradient
+        without running the model on them.
         """
         z = self._check_z(z)
         values, log_jacobian = self._constrain(z)
+        broken = _broken_rows(z, values, self.sites)
+        if broken.any():
+            # A wild leapfrog step must not stop the batched model call for every other chain:
+            # its row runs at a stand-in point and gets NaN terms, which the samplers reject
+            # as a divergence.
+            z = torch.where(broken[:, None], torch.zeros_like(z), z)
+            values, log_jacobian = self._constrain(z)
         trace = self._run(values, z.shape[0])
-        return self.layout.terms(trace, log_jacobian, self.dtype)
+        terms = self.layout.terms(trace, log_jacobian, self.dtype)
+        return terms.masked(broken) if broken.any() else terms
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """$\\log p_Z(z)$, shape ``(C,)``."""
@@ -341,9 +354,20 @@ def _lay_out(layout: ModelLayout) -> list[Site]:
     for name, shape, support in layout.latents:
         transform = biject_to(support)
         width = transform.inverse_shape(shape).numel()
-        sites.append(Site(name, shape, transform, slice(start, start + width)))
+        sites.append(Site(name, shape, transform, slice(start, start + width), support))
         start += width
     return sites
+
+
+def _broken_rows(z: torch.Tensor, values: dict, sites: list[Site]) -> torch.Tensor:
+    """Rows with a non-finite ``z``, or a value its transform sent off the support (``exp``
+    overflowing to inf or underflowing to 0)."""
+    broken = ~z.isfinite().all(-1)
+    for site in sites:
+        value = values[site.name].detach()
+        inside = site.support.check(value).reshape(len(z), -1).all(-1)
+        broken = broken | ~inside | ~value.reshape(len(z), -1).isfinite().all(-1)
+    return broken
 
 
 def _num_chains(values: dict, sites: list[Site]) -> int:

@@ -12,6 +12,7 @@ the datum plate's when ``per_datum`` terms are kept.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -54,6 +55,15 @@ class PotentialTerms:
         beta = beta.to(self.log_likelihood)
         tempered = torch.where(beta == 0, 0.0, beta * self.log_likelihood)
         return self.log_prior + tempered
+
+    def masked(self, rows: torch.Tensor) -> PotentialTerms:
+        """The same terms with NaN at ``rows`` (a ``(C,)`` boolean mask)."""
+        return PotentialTerms(
+            *(
+                None if v is None else v.masked_fill(_expand(rows, v), math.nan)
+                for v in (getattr(self, f.name) for f in fields(self))
+            )
+        )
 
     def detach(self) -> PotentialTerms:
         """The same terms cut from the autograd graph."""
@@ -249,6 +259,10 @@ def _datum_frame(likelihood: list[dict]) -> tuple[str, int, int] | None:
     if not common:
         return None
     return max(common, key=lambda frame: frame[1])  # the outermost when several qualify
+
+
+def _expand(rows: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return rows.reshape(-1, *[1] * (value.dim() - 1))
 
 
 def _is_number(beta) -> bool:

@@ -92,6 +92,35 @@ def test_non_finite_likelihood_is_an_error():
         SequentialMonteCarlo(16, num_groups=2, seed=0).estimate(model)
 
 
+def test_a_wild_leapfrog_step_is_rejected_not_raised():
+    """Steps of size 1e3 send the log scale past exp's range (scale = inf, which Pyro's
+    Normal refuses): the moves reject them and the particles stay where they were."""
+    import pyro
+    import pyro.distributions as dist
+
+    from varinf.estimators.smc_math import hmc_move
+    from varinf.potential import Potential
+
+    def model():
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(0.0, scale), obs=torch.tensor(0.5))
+
+    potential = Potential(model)
+    ones = torch.ones(8, dtype=torch.float64)
+    z = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64)[:, None]
+
+    def density(position):
+        value, grad, terms = potential.value_and_grad(position, ones)
+        return value, grad, terms.log_likelihood
+
+    generator = torch.Generator().manual_seed(0)
+    moved, _, accepted = hmc_move(
+        density, z, density(z), 1e3 * ones, torch.ones_like(z), 3, generator
+    )
+    assert not accepted.any()
+    torch.testing.assert_close(moved, z)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
