@@ -46,8 +46,9 @@ from pyro.infer import ELBO as PyroELBO
 from torch.distributions import Distribution
 
 from varinf.gradients.base import GradientEstimator, Surrogate
+from varinf.gradients.discrete_site import discrete_guide_site, log_density_given
 from varinf.gradients.relax import RELAX
-from varinf.weights import capture_params, discrete_guide_site, log_density_given
+from varinf.weights import capture_params
 
 
 class ExpectationLoss(PyroELBO):

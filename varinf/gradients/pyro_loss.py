@@ -27,9 +27,9 @@ import torch
 from pyro.infer import ELBO as PyroELBO
 
 from varinf.gradients.base import GradientEstimator, Surrogate
+from varinf.gradients.discrete_site import discrete_guide_site, log_density_given
 from varinf.gradients.relax import RELAX
 from varinf.gradients.relaxed import GumbelSoftmax
-from varinf.weights import discrete_guide_site, log_density_given
 
 
 class EstimatorELBO(PyroELBO):
