@@ -15,7 +15,7 @@ result is safe; each records a small dataclass with what its backward pass needs
 | `Path.REPEATS` | one topology, `optimistic`, no underflow, $NC > 4$ | none | `forward_repeats` |
 | `Path.BATCH_REPEATS` | clades recur (a), no underflow seen | none | `forward_batched_repeats` |
 | `Path.SHARED` | one topology, otherwise | 0 (b), `every`, 1 | `forward_shared` |
-| `Path.BATCHED` | a topology per element, otherwise | 0 (b), `every`, 1 | `forward_batched` |
+| `Path.BATCHED` | a topology per element, otherwise | 0 (b), `every`, 1 | `forward_batched` (d) |
 
 Why: (a) `optimistic`, and the batch's clades recur enough to pay for the set-up
 (`models.phylo.batch_layout.BatchPlan.worthwhile`); (b) the unscaled pass over every pattern
@@ -25,7 +25,9 @@ whole level of the tree per operation; with many, memory traffic dominates and t
 node-by-node pass wastes no padded columns. The repeats paths prune distinct
 clade columns only (`models.phylo.repeats`; DS1: 5118 of 24284 columns); `SHARED` keeps a
 tensor per node, a small working set; `BATCHED` gathers from node-major buffers
-(`models.phylo.scaled`).
+(`models.phylo.scaled`). (d) Its unscaled pass without a gradient is one compiled loop
+(`models.phylo.fused`, where a C compiler is found): new random topologies have no repeats,
+and the tensor pass over every pattern is bound by memory traffic.
 
 An unscaled pass (the repeats paths, or period 0) is kept when every pattern's likelihood
 exceeds 1e-290, which float64 reaches on trees of a few hundred taxa: then no partial lost

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .fused import fused_root_partials
 from .partials import finish, internal_message, leaf_message, rescale_, root_likelihood
 
 __all__ = ["BatchedState", "SharedState", "backward_batched", "backward_shared",
@@ -77,13 +78,21 @@ class Schedule:
 
 
 def forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low, cache):
-    """Pruning for a different topology per batch element: node-major buffers, gathers."""
-    n = tips.shape[0]
+    """Pruning for a different topology per batch element: node-major buffers, gathers
+    (the unscaled pass without a gradient: the compiled loop of `models.phylo.fused`, where
+    it is available)."""
+    n, keep = tips.shape[0], low.shape[0] > 1
+    if not every and not keep:
+        root = fused_root_partials(trans_n, tips, sched.children, cache)
+        if root is not None:
+            lik = root_likelihood(root, freqs, cat_w)
+            logl, smallest = finish(lik, [])
+            return logl, BatchedState([], low, {}), lik, smallest
     shape = (2 * n - 2, *trans_n.shape[1:3], 4, tips.shape[-1])
     msg = cache.workspace("node messages", shape, trans_n)
     # leaves: one (N*C*4, 4) @ (4, P) product per leaf, batched over the leaves
     torch.bmm(trans_n[:n].flatten(1, 3), tips, out=msg[:n].view(n, -1, tips.shape[-1]))
-    keep, n_batch = low.shape[0] > 1, trans_n.shape[1]
+    n_batch = trans_n.shape[1]
     flat = msg.flatten(0, 1)
     # per row, both children of every tree in one gather; tensors unbound once, not per row
     idx, parts = sched.idx.flatten(1).unbind(0), low.unbind(0)

@@ -1,0 +1,140 @@
+r"""The unscaled pass over every site pattern for a batch of topologies, as one compiled
+loop: `fused_root_partials`.
+
+With a topology per batch element and clades that do not recur (new random topologies: no
+site repeats to exploit), `models.phylo.scaled.forward_batched` prunes every pattern with
+three tensor operations per row of the child table: a gather of both children's messages
+from a node-major buffer, their product, and the next message $M_v = P_v L_v$, a batched
+$4 \times 4$ matrix product. That pass is bound by memory traffic, not arithmetic: on DS1
+(27 taxa, 934 patterns) ten trees write ~39 MB a call (the leaf messages alone 8 MB) and the
+buffers, 15 MB, do not stay in a core's cache.
+
+Here one C loop (`fused_pruning.c`, compiled on first use) does the same arithmetic per
+batch element $b$ and category $c$, node by node in the child table's order:
+$L_v = M_a \odot M_b$ with a leaf's message $M_k = P_k x_k$ computed from its tip partials
+$x_k$ when it is needed, and $M_v = P_v L_v$ written to a scratch buffer of $(n-1)\,4P$
+doubles (DS1: 0.8 MB), which stays in the core's cache while the element is pruned. Only the
+root's partials `(N, C, 4, P)` come back; `models.phylo.partials.root_likelihood` and
+`finish` do the rest, so the result, and the underflow test on it, are those of the tensor
+pass (equal to rounding: the same products, summed in the same order per entry).
+
+It serves only the forward pass that keeps nothing for a gradient: with a gradient the
+backward pass needs every node's partials and messages, which is what the tensor pass
+stores. Written by hand because no library available from PyTorch prunes a batch of
+different topologies in one call (BEAGLE does one tree per instance, through its own C
+API and buffers).
+
+**Availability.** The kernel is compiled with the C compiler found (`$CC`, else `cc`,
+`gcc` or `clang`) into a temporary directory, once per process (~0.3 s), with
+`-O3 -march=native` (else `-O3`). Without a compiler, on another device or dtype than
+CPU float64, or with `VARINF_FUSED=0` in the environment, `fused_root_partials` returns
+`None` and the tensor pass runs: the answer never depends on it, only the speed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["fused_root_partials", "library"]
+
+_SOURCE = Path(__file__).with_name("fused_pruning.c")
+_FLAGS = (["-O3", "-march=native"], ["-O3"])  # the first that builds
+
+
+def _compiler() -> str | None:
+    name = os.environ.get("CC")
+    candidates = ([name] if name else []) + ["cc", "gcc", "clang"]
+    return next((path for c in candidates if (path := shutil.which(c)) is not None), None)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, loaded (built on the first call of the process), or `None`
+    without a C compiler or with `VARINF_FUSED=0`.
+
+    Examples:
+        >>> lib = library()
+        >>> lib is None or hasattr(lib, "prune_batched")
+        True
+    """
+    compiler = _compiler()
+    if os.environ.get("VARINF_FUSED", "1") == "0" or compiler is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="varinf-fused-") as work:
+        target = Path(work) / "fused_pruning.so"
+        for flags in _FLAGS:
+            build = [compiler, *flags, "-fPIC", "-shared", "-o", str(target), str(_SOURCE)]
+            try:
+                done = subprocess.run(build, capture_output=True, timeout=120)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if done.returncode == 0:
+                try:  # loaded into memory: the directory may go
+                    lib = ctypes.CDLL(str(target))
+                except OSError:
+                    continue
+                long, ptr = ctypes.c_long, ctypes.c_void_p
+                lib.prune_batched.argtypes = [long] * 4 + [ptr] * 5
+                lib.prune_batched.restype = None
+                return lib
+    return None
+
+
+@functools.cache
+def _bounds(n: int, device: torch.device) -> Tensor:
+    """`(n-1, 1)` the node numbers `n + j`: row `j`'s children must be below."""
+    return (n + torch.arange(n - 1, device=device))[:, None]
+
+
+def fused_root_partials(trans_n: Tensor, tips: Tensor, children: Tensor, cache) -> Tensor | None:
+    r"""The root's partials `(N, C, 4, P)` of the unscaled pass, or `None` where the kernel
+    does not apply (see the module docstring) and the tensor pass should run.
+
+    Args:
+        trans_n: `(2n-2, N, C, 4, 4)` node-major transition matrices, the identity above
+            node `2n-3` (as `models.phylo.pruning.Pruning` builds them).
+        tips: `(n, 4, P)` tip partials.
+        children: `(N, n-1, 2)` child tables. Rows whose children are not earlier nodes
+            (not a post-order) are left to the tensor pass, which has its own checks.
+        cache: the alignment's `models.phylo.cache.LikelihoodCache` (scratch memory).
+
+    Returns:
+        The root's partials (scratch memory of the cache, valid until the next call), or
+        `None`.
+
+    Examples:
+        >>> from models.phylo.topology import from_edges
+        >>> from models.phylo.cache import LikelihoodCache
+        >>> children, _ = from_edges(3, [(0, 3), (1, 3), (2, 3)], [0.1, 0.2, 0.3])
+        >>> tips = torch.eye(4, dtype=torch.float64)[:, :3].expand(3, 4, 3).contiguous()
+        >>> eye = torch.eye(4, dtype=torch.float64).expand(4, 1, 1, 4, 4).contiguous()
+        >>> root = fused_root_partials(eye, tips, children[None], LikelihoodCache(tips))
+        >>> root is None or torch.equal(root[0, 0], tips[0] ** 3)
+        True
+    """
+    n, n_pat = tips.shape[0], tips.shape[-1]
+    fits = trans_n.dtype == tips.dtype == torch.float64 and trans_n.device.type == "cpu"
+    if not fits or tips.device.type != "cpu" or children.dim() != 3:
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    children = children.to(torch.int64).contiguous()
+    if not bool(((children >= 0) & (children < _bounds(n, children.device))).all()):
+        return None  # a child read before it is computed, or out of range
+    trans_n, tips = trans_n.contiguous(), tips.contiguous()
+    n_batch, n_cat = trans_n.shape[1:3]
+    root = cache.workspace("fused root partials", (n_batch, n_cat, 4, n_pat), tips)
+    work = cache.workspace("fused messages", (n * 4 * n_pat,), tips)
+    lib.prune_batched(n, n_batch, n_cat, n_pat, trans_n.data_ptr(), tips.data_ptr(),
+                      children.data_ptr(), root.data_ptr(), work.data_ptr())  # fmt: skip
+    return root
