@@ -16,7 +16,8 @@ $x_k$ when it is needed, and $M_v = P_v L_v$ written to a scratch buffer of $(n-
 doubles (DS1: 0.8 MB), which stays in the core's cache while the element is pruned. Only the
 root's partials `(N, C, 4, P)` come back; `models.phylo.partials.root_likelihood` and
 `finish` do the rest, so the result, and the underflow test on it, are those of the tensor
-pass (equal to rounding: the same products, summed in the same order per entry).
+pass, equal to rounding (the same products; a matrix library may order the four-term sums
+differently).
 
 It serves only the forward pass that keeps nothing for a gradient: with a gradient the
 backward pass needs every node's partials and messages, which is what the tensor pass
@@ -123,7 +124,7 @@ def fused_root_partials(trans_n: Tensor, tips: Tensor, children: Tensor, cache) 
     """
     n, n_pat = tips.shape[0], tips.shape[-1]
     fits = trans_n.dtype == tips.dtype == torch.float64 and trans_n.device.type == "cpu"
-    if not fits or tips.device.type != "cpu" or children.dim() != 3:
+    if not fits or tips.device.type != "cpu" or children.dim() != 3 or n < 2:
         return None
     lib = library()
     if lib is None:
