@@ -1,35 +1,41 @@
-r"""The unscaled pass over every site pattern for a batch of topologies, as one compiled
-loop: `fused_root_partials`.
+r"""Unscaled forward passes as compiled loops: `fused_root_partials` for a batch of new
+topologies over every site pattern, `fused_repeats_root` for one topology over its distinct
+clade columns.
 
-With a topology per batch element and clades that do not recur (new random topologies: no
-site repeats to exploit), `models.phylo.scaled.forward_batched` prunes every pattern with
-three tensor operations per row of the child table: a gather of both children's messages
-from a node-major buffer, their product, and the next message $M_v = P_v L_v$, a batched
-$4 \times 4$ matrix product. That pass is bound by memory traffic, not arithmetic: on DS1
-(27 taxa, 934 patterns) ten trees write ~39 MB a call (the leaf messages alone 8 MB) and the
-buffers, 15 MB, do not stay in a core's cache.
+**A batch of new topologies.** With a topology per batch element and clades that do not
+recur (new random topologies: no site repeats to exploit),
+`models.phylo.scaled.forward_batched` prunes every pattern with three tensor operations
+per row of the child table: a gather of both children's messages from a node-major buffer,
+their product, and the next message $M_v = P_v L_v$, a batched $4 \times 4$ matrix product.
+That pass is bound by memory traffic, not arithmetic: on DS1 (27 taxa, 934 patterns) ten
+trees write ~39 MB a call (the leaf messages alone 8 MB) and the buffers, 15 MB, do not stay
+in a core's cache. Here one C loop (`fused_pruning.c`) does the same arithmetic per batch
+element $b$ and category $c$, node by node in the child table's order: $L_v = M_a \odot
+M_b$ with a leaf's message $M_k = P_k x_k$ computed from its tip partials $x_k$ when it is
+needed, and $M_v = P_v L_v$ written to a scratch buffer of $(n-1)\,4P$ doubles (DS1:
+0.8 MB), which stays in the core's cache while the element is pruned.
 
-Here one C loop (`fused_pruning.c`, compiled on first use) does the same arithmetic per
-batch element $b$ and category $c$, node by node in the child table's order:
-$L_v = M_a \odot M_b$ with a leaf's message $M_k = P_k x_k$ computed from its tip partials
-$x_k$ when it is needed, and $M_v = P_v L_v$ written to a scratch buffer of $(n-1)\,4P$
-doubles (DS1: 0.8 MB), which stays in the core's cache while the element is pruned. Only the
-root's partials `(N, C, 4, P)` come back; `models.phylo.partials.root_likelihood` and
-`finish` do the rest, so the result, and the underflow test on it, are those of the tensor
-pass, equal to rounding (the same products; a matrix library may order the four-term sums
-differently).
+**One topology over distinct clade columns.** `models.phylo.waves` and
+`models.phylo.repeats` prune a node's $K_v$ distinct columns,
+$L_v = M_a[\,\cdot, i_a] \odot M_b[\,\cdot, i_b]$; with few particles each tensor
+operation there costs more in dispatch (2-3 µs) than in arithmetic, dozens a call. The same
+recursion in C (`PackedPlan`: the plan as flat arrays) is one call; an element's messages
+(DS1: 5253 columns, 170 kB) stay in the fastest cache.
 
-It serves only the forward pass that keeps nothing for a gradient: with a gradient the
-backward pass needs every node's partials and messages, which is what the tensor pass
-stores. Written by hand because no library available from PyTorch prunes a batch of
-different topologies in one call (BEAGLE does one tree per instance, through its own C
-API and buffers).
+Only the root's partials come back; `models.phylo.partials` does the rest (root likelihood,
+log, pattern weights), so the result, and the underflow test on it, are those of the tensor
+passes, equal to rounding (the same products; a matrix library may order the four-term sums
+differently). Both serve only forward passes that keep nothing for a gradient: the backward
+passes read every node's partials and messages, which is what the tensor passes store.
+Written by hand because no library available from PyTorch prunes a batch of different
+topologies, or a tree's clade columns, in one call (BEAGLE does one tree per instance over
+every pattern, through its own C API and buffers).
 
-**Availability.** The kernel is compiled with the C compiler found (`$CC`, else `cc`,
+**Availability.** The kernels are compiled with the C compiler found (`$CC`, else `cc`,
 `gcc` or `clang`) into a temporary directory, once per process (~0.3 s), with
 `-O3 -march=native` (else `-O3`). Without a compiler, on another device or dtype than
-CPU float64, or with `VARINF_FUSED=0` in the environment, `fused_root_partials` returns
-`None` and the tensor pass runs: the answer never depends on it, only the speed.
+CPU float64, or with `VARINF_FUSED=0` in the environment, both return `None` and the tensor
+passes run: the answer never depends on it, only the speed.
 """
 
 from __future__ import annotations
@@ -42,10 +48,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["fused_root_partials", "library"]
+__all__ = ["PackedPlan", "fused_repeats_root", "fused_root_partials", "library"]
 
 _SOURCE = Path(__file__).with_name("fused_pruning.c")
 _FLAGS = (["-O3", "-march=native"], ["-O3"])  # the first that builds
@@ -85,7 +92,8 @@ def library() -> ctypes.CDLL | None:
                     continue
                 long, ptr = ctypes.c_long, ctypes.c_void_p
                 lib.prune_batched.argtypes = [long] * 4 + [ptr] * 5
-                lib.prune_batched.restype = None
+                lib.prune_repeats.argtypes = [long] * 2 + [ptr] * 8
+                lib.prune_batched.restype = lib.prune_repeats.restype = None
                 return lib
     return None
 
@@ -138,4 +146,77 @@ def fused_root_partials(trans_n: Tensor, tips: Tensor, children: Tensor, cache) 
     work = cache.workspace("fused messages", (n * 4 * n_pat,), tips)
     lib.prune_batched(n, n_batch, n_cat, n_pat, trans_n.data_ptr(), tips.data_ptr(),
                       children.data_ptr(), root.data_ptr(), work.data_ptr())  # fmt: skip
+    return root
+
+
+class PackedPlan:
+    """A `models.phylo.tree_plan.RepeatPlan` as the flat arrays of the compiled loop over
+    distinct clade columns (`prune_repeats` in `fused_pruning.c`).
+
+    Args:
+        plan: the topology's `RepeatPlan`.
+
+    Attributes:
+        children: `(n-1, 2)` the child table.
+        sizes: `(2n-1,)` distinct columns $K_v$ of every node.
+        offsets: `(2n-1,)` where each node's `(4, K_v)` message starts in one batch
+            element's scratch; the last entry, where the scratch for one node's partials
+            starts.
+        index: per row, the first children's columns, then the second's.
+        tips: every leaf's distinct tip columns `(4, K_k)`, flattened, at `offsets[k]`.
+        work: scratch doubles a batch element needs.
+    """
+
+    def __init__(self, plan) -> None:
+        n, device = len(plan.tips), plan.tips[0].device
+        sizes = [plan.sizes[v] for v in range(2 * n - 1)]
+        ends = [0]
+        for v in range(2 * n - 2):  # every node but the root keeps its message
+            ends.append(ends[-1] + 4 * sizes[v])
+        columns = [c for pair in plan.columns for c in pair]
+        long = {"dtype": torch.int64, "device": device}
+        self.children = torch.tensor(plan.rows, **long)
+        self.sizes, self.offsets = torch.tensor(sizes, **long), torch.tensor(ends, **long)
+        self.index = torch.from_numpy(np.concatenate(columns).astype(np.int64)).to(device)
+        self.tips = torch.cat([t.reshape(-1) for t in plan.tips]).contiguous()
+        self.work, self.root_size = ends[-1] + 4 * max(sizes), sizes[-1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, for the cache's bound."""
+        arrays = (self.children, self.sizes, self.offsets, self.index, self.tips)
+        return sum(t.numel() * t.element_size() for t in arrays)
+
+
+def fused_repeats_root(trans_n: Tensor, packed: PackedPlan, cache) -> Tensor | None:
+    r"""The root's partials `(N, C, 4, K_root)` of the unscaled pass over distinct clade
+    columns of one topology, or `None` where the kernel does not apply (then the tensor
+    pass runs).
+
+    Args:
+        trans_n: `(2n-2, N, C, 4, 4)` node-major transition matrices, the identity above
+            node `2n-3`.
+        packed: the topology's `PackedPlan`.
+        cache: the alignment's `models.phylo.cache.LikelihoodCache` (scratch memory).
+
+    Returns:
+        The root's partials at its distinct columns (scratch memory of the cache, valid until
+        the next call), or `None`.
+    """
+    fits = trans_n.dtype == packed.tips.dtype == torch.float64
+    if not fits or trans_n.device.type != "cpu" or packed.tips.device.type != "cpu":
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    trans_n = trans_n.contiguous()
+    n_batch, n_cat = trans_n.shape[1:3]
+    nc = n_batch * n_cat
+    root = cache.workspace("fused root partials", (n_batch, n_cat, 4, packed.root_size),
+                           trans_n)  # fmt: skip
+    work = cache.workspace("fused messages", (packed.work,), trans_n)
+    arrays = (trans_n, packed.tips, packed.children, packed.sizes, packed.offsets,
+              packed.index, root, work)  # fmt: skip
+    lib.prune_repeats(packed.children.shape[0] + 1, nc,
+                      *(t.data_ptr() for t in arrays))  # fmt: skip
     return root

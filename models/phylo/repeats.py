@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from .batch_layout import BatchPlan
-from .partials import root_likelihood
+from .fused import fused_repeats_root
+from .partials import root_likelihood, root_patterns
 from .tree_plan import RepeatPlan
 
 
@@ -53,7 +54,7 @@ class BatchRepeatsState:
     saved: list[tuple[Tensor, Tensor]]
 
 
-def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
+def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep, cache):
     """Unscaled pruning over distinct clade patterns; returns what `Pruning` needs: the
     log-likelihoods of the root's patterns `(N, K_root)`, the state for
     `backward_repeats`, the root's pattern likelihoods `(N, K_root)`, the root partials,
@@ -61,7 +62,11 @@ def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
 
     Partials are `(N*C, 4, K)`, so that every message is one `bmm` (a 4-D broadcast matmul
     costs three times as much at these sizes), and the plan's indices come expanded to that
-    shape once (an `expand` per gather costs as much as the gather)."""
+    shape once (an `expand` per gather costs as much as the gather). Without a gradient,
+    the compiled loop of `models.phylo.fused` runs instead, where it is available."""
+    if not keep and (root := fused_repeats_root(trans_n, plan.packed, cache)) is not None:
+        logl, lik, root_w, smallest = root_patterns(root, plan.root_ids, freqs, cat_w, weights)
+        return logl, RepeatsState(plan, [], {}), lik, root, root_w, smallest
     n, (n_batch, n_cat) = len(plan.tips), trans_n.shape[1:3]
     nc, top = n_batch * n_cat, 2 * n - 3
     mats = trans_n.view(-1, nc, 4, 4).unbind(0)  # one op, not one select a node
@@ -81,9 +86,8 @@ def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
         # without keep, ms[0] is a fresh message or a partial nothing else needs
         low[n + j] = part = ms[0] * ms[1] if keep else ms[0].mul_(ms[1])
     root = part.view(n_batch, n_cat, 4, -1)
-    lik = root_likelihood(root, freqs, cat_w)  # (N, K_root)
-    root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    return lik.log(), RepeatsState(plan, pairs, low), lik, root, root_w, lik.min()
+    logl, lik, root_w, smallest = root_patterns(root, plan.root_ids, freqs, cat_w, weights)
+    return logl, RepeatsState(plan, pairs, low), lik, root, root_w, smallest
 
 
 def backward_repeats(rows, trans_n, state: RepeatsState, g):

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .partials import root_likelihood
+from .fused import fused_repeats_root
+from .partials import root_patterns
 
 __all__ = ["WAVES_UP_TO", "WavePlan", "WavesState", "backward_waves", "forward_waves"]
 
@@ -78,6 +79,7 @@ class WavePlan:
     def __init__(self, plan, tip_columns: Tensor) -> None:
         n, rows = len(plan.tips), plan.rows
         self.n, self.tip_columns, self.root_ids = n, tip_columns, plan.root_ids
+        self.packed = plan.packed  # the compiled loop's arrays (forward without a gradient)
         height = [0] * (2 * n - 1)
         for j, (a, b) in enumerate(rows):
             height[n + j] = 1 + max(height[a], height[b])
@@ -170,7 +172,11 @@ def forward_waves(trans_n, plan: WavePlan, freqs, cat_w, weights, keep, cache):
     """Unscaled pruning of one topology over distinct clade patterns, level by level; returns
     what `models.phylo.repeats.forward_repeats` returns (log-likelihoods of the root's
     patterns, the state for `backward_waves`, likelihoods, root partials, root pattern
-    weights, smallest likelihood)."""
+    weights, smallest likelihood). Without a gradient, the compiled loop of
+    `models.phylo.fused` runs instead, where it is available."""
+    if not keep and (root := fused_repeats_root(trans_n, plan.packed, cache)) is not None:
+        logl, lik, root_w, smallest = root_patterns(root, plan.root_ids, freqs, cat_w, weights)
+        return logl, WavesState(plan, [], []), lik, root, root_w, smallest
     n, (n_batch, n_cat) = plan.n, trans_n.shape[1:3]
     nc = n_batch * n_cat
     # views made once for as long as the cache hands out the same buffer: a dozen fewer
@@ -192,9 +198,8 @@ def forward_waves(trans_n, plan: WavePlan, freqs, cat_w, weights, keep, cache):
         if out is not None:  # every wave but the root's: messages, written in place
             torch.bmm(mats, part, out=out)
     root = part.view(n_batch, n_cat, 4, -1)
-    lik = root_likelihood(root, freqs, cat_w)  # (N, K_root)
-    root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    return lik.log(), WavesState(plan, steps, saved), lik, root, root_w, lik.min()
+    logl, lik, root_w, smallest = root_patterns(root, plan.root_ids, freqs, cat_w, weights)
+    return logl, WavesState(plan, steps, saved), lik, root, root_w, smallest
 
 
 def backward_waves(trans_n, state: WavesState, g, cache):

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 import models.phylo.fused as fused
+import models.phylo.repeats as repeats
 import models.phylo.scaled as scaled
+import models.phylo.waves as waves
 from models.phylo import JC69, LikelihoodCache, pruning_log_likelihood, random_topologies
+from models.phylo.tree_plan import plan_for
 from tests.phylo.test_likelihood import _random_alignment
 from tests.phylo.test_waves import _inputs, _loglik
 
@@ -94,6 +97,62 @@ def test_fused_underflow_falls_back_to_the_rescaled_pass(monkeypatch):
     assert torch.isfinite(fast).all() and torch.allclose(fast, safe, rtol=1e-12)
 
 
+def _over_columns(monkeypatch, ran: list | None) -> list | None:
+    """Make the kernel over clade columns record in `ran` whether it ran, or decline
+    (`ran=None`: the tensor passes run)."""
+    original = fused.fused_repeats_root
+
+    def spy(*args):
+        out = original(*args)
+        ran.append(out is not None)
+        return out
+
+    for module in (repeats, waves):
+        monkeypatch.setattr(module, "fused_repeats_root", spy if ran is not None else
+                            lambda *args: None)  # fmt: skip
+    return ran
+
+
+@needs_kernel
+@pytest.mark.parametrize("n_batch, n_cat", [(1, 1), (1, 4), (3, 4)])  # waves; node by node
+def test_fused_clade_columns_equal_the_tensor_passes(monkeypatch, n_batch, n_cat):
+    aln = _random_alignment(9, 60, seed=19)  # gaps and IUPAC codes: leaves with many columns
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    children = random_topologies(9, 1, torch.Generator().manual_seed(20))[0]
+    inputs = _inputs(n_batch, n_cat, 9, seed=21)
+    cache, ran = LikelihoodCache(tips), _over_columns(monkeypatch, [])
+    with torch.no_grad():
+        fast = _loglik(tips, weights, children, *inputs, cache=cache, per_pattern=True)
+        assert ran == [True]
+        _over_columns(monkeypatch, None)
+        slow = _loglik(tips, weights, children, *inputs, cache=cache, per_pattern=True)
+    assert torch.allclose(fast, slow, rtol=1e-12, atol=0)
+    assert fast.shape == (n_batch, weights.shape[0])
+    with_grad = _loglik(tips, weights, children, *inputs, cache=cache)
+    assert torch.allclose(fast.sum(-1), with_grad.detach(), rtol=1e-12, atol=0)
+
+
+@needs_kernel
+def test_fused_clade_columns_on_ds1(ds1, monkeypatch):
+    aln, trees = ds1
+    tips, weights = aln.partials().mT.contiguous(), aln.weights
+    freqs = torch.full((4,), 0.25, dtype=torch.float64)
+    cache, ran, g = LikelihoodCache(tips), [], torch.Generator()
+    for tree, n_batch in zip(trees[:3], (1, 4, 10), strict=True):  # waves, then node by node
+        lengths = tree.lengths * (0.5 + torch.rand(n_batch, 1, generator=g.manual_seed(22)))
+        trans = JC69().transition_matrices({}, lengths)[..., None, :, :]
+        results = []
+        for record in (ran, None):  # the kernel, then the tensor pass
+            _over_columns(monkeypatch, record)
+            results.append(pruning_log_likelihood(tips, weights, tree.children, trans, freqs,
+                                                  cache=cache))  # fmt: skip
+        assert torch.allclose(*results, rtol=1e-12, atol=0) and (results[0] < -6000).all()
+    assert ran == [True] * 3
+    plan = plan_for(cache, trees[0].children)
+    assert plan.packed.index.numel() == 2 * sum(plan.sizes[v] for v in range(27, 53))
+    assert plan.nbytes > plan.packed.nbytes > 0  # counted in the cache's bound
+
+
 def test_fused_declines_what_it_does_not_handle():
     aln = _random_alignment(5, 10, seed=15)
     tips = aln.partials().mT.contiguous()
@@ -105,6 +164,8 @@ def test_fused_declines_what_it_does_not_handle():
     bad = children.clone()
     bad[:, 0, 0] = 7  # row 0 reads node 7 before it is computed
     assert fused.fused_root_partials(trans_n, tips, bad, cache) is None
+    packed = plan_for(cache, children[0]).packed
+    assert fused.fused_repeats_root(trans_n.float(), packed, cache) is None
 
 
 def test_without_a_compiler_the_tensor_pass_runs(monkeypatch):
