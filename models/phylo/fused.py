@@ -52,7 +52,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PackedPlan", "fused_repeats_root", "fused_root_partials", "library"]
+__all__ = ["PackedPlan", "fused_batched_grad", "fused_repeats_grad", "fused_repeats_root",
+           "fused_root_partials", "library"]  # fmt: skip
 
 _SOURCE = Path(__file__).with_name("fused_pruning.c")
 _FLAGS = (["-O3", "-march=native"], ["-O3"])  # the first that builds
@@ -93,7 +94,9 @@ def library() -> ctypes.CDLL | None:
                 long, ptr = ctypes.c_long, ctypes.c_void_p
                 lib.prune_batched.argtypes = [long] * 4 + [ptr] * 5
                 lib.prune_repeats.argtypes = [long] * 2 + [ptr] * 8
-                lib.prune_batched.restype = lib.prune_repeats.restype = None
+                lib.prune_grad.argtypes = [long] * 4 + [ptr] * 9
+                for kernel in (lib.prune_batched, lib.prune_repeats, lib.prune_grad):
+                    kernel.restype = None
                 return lib
     return None
 
@@ -104,7 +107,8 @@ def _bounds(n: int, device: torch.device) -> Tensor:
     return (n + torch.arange(n - 1, device=device))[:, None]
 
 
-def fused_root_partials(trans_n: Tensor, tips: Tensor, children: Tensor, cache) -> Tensor | None:
+def fused_root_partials(trans_n: Tensor, tips: Tensor, children: Tensor, cache,
+                        out: Tensor | None = None) -> Tensor | None:  # fmt: skip
     r"""The root's partials `(N, C, 4, P)` of the unscaled pass, or `None` where the kernel
     does not apply (see the module docstring) and the tensor pass should run.
 
@@ -115,10 +119,11 @@ def fused_root_partials(trans_n: Tensor, tips: Tensor, children: Tensor, cache) 
         children: `(N, n-1, 2)` child tables. Rows whose children are not earlier nodes
             (not a post-order) are left to the tensor pass, which has its own checks.
         cache: the alignment's `models.phylo.cache.LikelihoodCache` (scratch memory).
+        out: `(N, C, 4, P)` contiguous, where to write the root's partials (a backward pass
+            will read them); scratch memory of the cache if omitted.
 
     Returns:
-        The root's partials (scratch memory of the cache, valid until the next call), or
-        `None`.
+        The root's partials (`out`, or scratch valid until the next call), or `None`.
 
     Examples:
         >>> from models.phylo.topology import from_edges
@@ -142,7 +147,7 @@ def fused_root_partials(trans_n: Tensor, tips: Tensor, children: Tensor, cache) 
         return None  # a child read before it is computed, or out of range
     trans_n, tips = trans_n.contiguous(), tips.contiguous()
     n_batch, n_cat = trans_n.shape[1:3]
-    root = cache.workspace("fused root partials", (n_batch, n_cat, 4, n_pat), tips)
+    root = cache.workspace("fused root", (n_batch, n_cat, 4, n_pat), tips) if out is None else out
     work = cache.workspace("fused messages", (n * 4 * n_pat,), tips)
     lib.prune_batched(n, n_batch, n_cat, n_pat, trans_n.data_ptr(), tips.data_ptr(),
                       children.data_ptr(), root.data_ptr(), work.data_ptr())  # fmt: skip
@@ -164,7 +169,7 @@ class PackedPlan:
             starts.
         index: per row, the first children's columns, then the second's.
         tips: every leaf's distinct tip columns `(4, K_k)`, flattened, at `offsets[k]`.
-        work: scratch doubles a batch element needs.
+        work: scratch doubles a batch element needs; `grad_work`, for the gradient.
     """
 
     def __init__(self, plan) -> None:
@@ -180,6 +185,7 @@ class PackedPlan:
         self.index = torch.from_numpy(np.concatenate(columns).astype(np.int64)).to(device)
         self.tips = torch.cat([t.reshape(-1) for t in plan.tips]).contiguous()
         self.work, self.root_size = ends[-1] + 4 * max(sizes), sizes[-1]
+        self.grad_work = 2 * ends[-1] + self.work  # and every node's partials and U
 
     @property
     def nbytes(self) -> int:
@@ -188,7 +194,8 @@ class PackedPlan:
         return sum(t.numel() * t.element_size() for t in arrays)
 
 
-def fused_repeats_root(trans_n: Tensor, packed: PackedPlan, cache) -> Tensor | None:
+def fused_repeats_root(trans_n: Tensor, packed: PackedPlan, cache, keep: bool = False
+                       ) -> Tensor | None:  # fmt: skip
     r"""The root's partials `(N, C, 4, K_root)` of the unscaled pass over distinct clade
     columns of one topology, or `None` where the kernel does not apply (then the tensor
     pass runs).
@@ -198,10 +205,11 @@ def fused_repeats_root(trans_n: Tensor, packed: PackedPlan, cache) -> Tensor | N
             node `2n-3`.
         packed: the topology's `PackedPlan`.
         cache: the alignment's `models.phylo.cache.LikelihoodCache` (scratch memory).
+        keep: a backward pass will read the root's partials (fresh memory, not scratch).
 
     Returns:
-        The root's partials at its distinct columns (scratch memory of the cache, valid until
-        the next call), or `None`.
+        The root's partials at its distinct columns (unless `keep`, scratch memory of the
+        cache, valid until the next call), or `None`.
     """
     fits = trans_n.dtype == packed.tips.dtype == torch.float64
     if not fits or trans_n.device.type != "cpu" or packed.tips.device.type != "cpu":
@@ -212,11 +220,66 @@ def fused_repeats_root(trans_n: Tensor, packed: PackedPlan, cache) -> Tensor | N
     trans_n = trans_n.contiguous()
     n_batch, n_cat = trans_n.shape[1:3]
     nc = n_batch * n_cat
-    root = cache.workspace("fused root partials", (n_batch, n_cat, 4, packed.root_size),
-                           trans_n)  # fmt: skip
+    shape = (n_batch, n_cat, 4, packed.root_size)
+    root = trans_n.new_empty(shape) if keep else cache.workspace("fused root", shape, trans_n)
     work = cache.workspace("fused messages", (packed.work,), trans_n)
     arrays = (trans_n, packed.tips, packed.children, packed.sizes, packed.offsets,
               packed.index, root, work)  # fmt: skip
     lib.prune_repeats(packed.children.shape[0] + 1, nc,
                       *(t.data_ptr() for t in arrays))  # fmt: skip
     return root
+
+
+def fused_repeats_grad(trans_n: Tensor, packed: PackedPlan, g: Tensor, cache) -> Tensor:
+    r"""The gradient of the pass of `fused_repeats_root` with respect to the transition
+    matrices, `(2n-2, N, C, 4, 4)` node-major (node `2n-3`'s entry zero): the forward pass
+    again, keeping every node's partials and messages, then the pre-order pass of
+    `models.phylo.repeats.backward_repeats` (outside partials summed onto each child's
+    columns; an edge's gradient $U_k X_k^\top$), in C. Call it only where
+    `fused_repeats_root` ran.
+
+    Args:
+        trans_n: `(2n-2, N, C, 4, 4)` as for `fused_repeats_root`.
+        packed: the topology's `PackedPlan`.
+        g: `(N, C, 4, K_root)` the root's outside partials $w_c \pi_s c_p / L_p$.
+        cache: the alignment's `LikelihoodCache` (scratch memory).
+    """
+    lib = library()
+    trans_n = trans_n.contiguous()
+    nc = trans_n.shape[1] * trans_n.shape[2]
+    g = g.reshape(nc, 4, packed.root_size).contiguous()
+    grad = trans_n.new_empty(trans_n.shape)
+    work = cache.workspace("fused gradient", (packed.grad_work,), trans_n)
+    arrays = (trans_n, packed.tips, packed.children, packed.sizes, packed.offsets,
+              packed.index, g, grad, work)  # fmt: skip
+    lib.prune_grad(packed.children.shape[0] + 1, nc, 1, 0, *(t.data_ptr() for t in arrays))
+    return grad
+
+
+def fused_batched_grad(trans_n: Tensor, tips: Tensor, children: Tensor, g: Tensor,
+                       cache) -> Tensor:  # fmt: skip
+    r"""The gradient of the pass of `fused_root_partials` (a topology per batch element,
+    every site pattern) with respect to the transition matrices, `(2n-2, N, C, 4, 4)`
+    node-major (node `2n-3`'s entry zero), as `fused_repeats_grad` (the same C loop, with
+    every node's columns the site patterns). Call it only where `fused_root_partials` ran.
+
+    Args:
+        trans_n: `(2n-2, N, C, 4, 4)` as for `fused_root_partials`.
+        tips: `(n, 4, P)` tip partials.
+        children: `(N, n-1, 2)` child tables.
+        g: `(N, C, 4, P)` the root's outside partials.
+        cache: the alignment's `LikelihoodCache` (scratch memory).
+    """
+    lib, n, n_pat = library(), tips.shape[0], tips.shape[-1]
+    trans_n, tips = trans_n.contiguous(), tips.contiguous()
+    n_batch, n_cat = trans_n.shape[1:3]
+    long = {"dtype": torch.int64, "device": tips.device}
+    sizes = torch.full((2 * n - 1,), n_pat, **long)
+    offsets = 4 * n_pat * torch.arange(2 * n - 1, **long)
+    grad = trans_n.new_empty(trans_n.shape)
+    work = cache.workspace("fused gradient", (3 * (2 * n - 2) * 4 * n_pat + 4 * n_pat,), tips)
+    children, g = children.to(torch.int64).contiguous(), g.contiguous()
+    arrays = (trans_n, tips, children, sizes, offsets)
+    lib.prune_grad(n, n_batch * n_cat, n_cat, 2 * (n - 1), *(t.data_ptr() for t in arrays), None,
+                   g.data_ptr(), grad.data_ptr(), work.data_ptr())  # fmt: skip
+    return grad

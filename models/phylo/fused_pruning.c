@@ -110,3 +110,108 @@ void prune_repeats(long n, long nc, const double *trans, const double *tips,
         }
     }
 }
+
+/* grad[i, s] = sum_q u[i, q] x[s, q] for u, x (4, K): an edge's d out / d P = U X^T */
+static void outer(const double *u, const double *x, double *grad, long width) {
+    double acc[16] = {0};
+    for (long q = 0; q < width; q++)
+        for (int i = 0; i < 4; i++)
+            for (int s = 0; s < 4; s++)
+                acc[4 * i + s] += u[i * width + q] * x[s * width + q];
+    memcpy(grad, acc, sizeof(acc));
+}
+
+/* The gradient of the unscaled pass with respect to the transition matrices, for every
+   element e (tree e / n_cat, category e % n_cat): the forward pass again, keeping every
+   node's partials L_v and message M_v, then the pre-order pass from the root's outside
+   partials g[e] = G_root (4, K_root): for row v = (a, b),
+   U_a[., i_a[q]] += G_v[., q] M_b[., i_b[q]] (and the same for b; several of v's columns
+   may share a child column), the edge above k gets U_k X_k^T (X_k its partials, or its tip
+   columns for a leaf) and G_k = P_k^T U_k (U_k itself above the zero-length edge).
+
+   Over one topology's clade columns as prune_repeats (tree_stride 0), or over every
+   pattern with a topology per tree (index NULL: i_a[q] = i_b[q] = q; children (N, n-1, 2),
+   tree_stride 2(n-1); sizes all P, offsets 4Pk, tips (n, 4, P)).
+
+     g     (NC, 4, K_root)       the root's outside partials
+     grad  (2n-2, NC, 4, 4)      out, node-major (node 2n-3's entry zero)
+     work  3 offsets[2n-2] + 4 max K_v doubles */
+void prune_grad(long n, long nc, long n_cat, long tree_stride, const double *trans,
+                const double *tips, const int64_t *children_0, const int64_t *sizes,
+                const int64_t *offsets, const int64_t *index, const double *g, double *grad,
+                double *work) {
+    const long kept = offsets[2 * n - 2], root = 2 * n - 2, top = 2 * n - 3;
+    double *msg = work, *low = work + kept, *up = work + 2 * kept, *scratch = work + 3 * kept;
+    long columns_end = 0;
+    for (long j = 0; j < n - 1; j++)
+        columns_end += 2 * sizes[n + j];
+    for (long e = 0; e < nc; e++) {
+        const int64_t *children = children_0 + (e / n_cat) * tree_stride;
+        for (long k = 0; k < n; k++)
+            message(trans + (k * nc + e) * 16, tips + offsets[k], msg + offsets[k], sizes[k], 0);
+        long start = 0;
+        for (long j = 0; j < n - 2; j++) {  /* every row but the root's */
+            const long v = n + j, width = sizes[v], a = children[2 * j], b = children[2 * j + 1];
+            double *part = low + offsets[v];
+            for (int s = 0; s < 4; s++) {
+                const double *xa = msg + offsets[a] + s * sizes[a];
+                const double *xb = msg + offsets[b] + s * sizes[b];
+                double *o = part + s * width;
+                if (index) {
+                    const int64_t *ia = index + start, *ib = ia + width;
+                    for (long q = 0; q < width; q++)
+                        o[q] = xa[ia[q]] * xb[ib[q]];
+                } else {
+                    for (long q = 0; q < width; q++)
+                        o[q] = xa[q] * xb[q];
+                }
+            }
+            start += 2 * width;
+            if (v == top)
+                memcpy(msg + offsets[v], part, 4 * width * sizeof(double));
+            else
+                message(trans + (v * nc + e) * 16, part, msg + offsets[v], width, 0);
+        }
+        memset(up, 0, kept * sizeof(double));
+        long end = columns_end;
+        for (long j = n - 2; j >= 0; j--) {
+            const long v = n + j, width = sizes[v], a = children[2 * j], b = children[2 * j + 1];
+            end -= 2 * width;
+            const double *outside = g + e * 4 * width;
+            if (v != root) {
+                const double *u = up + offsets[v], *m = trans + (v * nc + e) * 16;
+                double *edge = grad + (v * nc + e) * 16;
+                if (v == top) {
+                    memset(edge, 0, 16 * sizeof(double));
+                    memcpy(scratch, u, 4 * width * sizeof(double));
+                } else {
+                    const double mt[16] = {m[0], m[4], m[8], m[12], m[1], m[5], m[9], m[13],
+                                           m[2], m[6], m[10], m[14], m[3], m[7], m[11], m[15]};
+                    outer(u, low + offsets[v], edge, width);
+                    message(mt, u, scratch, width, 0);
+                }
+                outside = scratch;
+            }
+            for (int s = 0; s < 4; s++) {
+                const double *xa = msg + offsets[a] + s * sizes[a];
+                const double *xb = msg + offsets[b] + s * sizes[b];
+                double *ua = up + offsets[a] + s * sizes[a], *ub = up + offsets[b] + s * sizes[b];
+                const double *o = outside + s * width;
+                if (index) {
+                    const int64_t *ia = index + end, *ib = ia + width;
+                    for (long q = 0; q < width; q++) {
+                        ua[ia[q]] += o[q] * xb[ib[q]];
+                        ub[ib[q]] += o[q] * xa[ia[q]];
+                    }
+                } else {
+                    for (long q = 0; q < width; q++) {
+                        ua[q] += o[q] * xb[q];
+                        ub[q] += o[q] * xa[q];
+                    }
+                }
+            }
+        }
+        for (long k = 0; k < n; k++)
+            outer(up + offsets[k], tips + offsets[k], grad + (k * nc + e) * 16, sizes[k]);
+    }
+}

@@ -197,7 +197,7 @@ class Pruning(torch.autograd.Function):
         sched, state = ctx.sched, ctx.state
         grad_trans = {
             Path.WAVES: lambda: backward_waves(trans_n, state, g, ctx.cache),
-            Path.REPEATS: lambda: backward_repeats(sched.rows, trans_n, state, g),
+            Path.REPEATS: lambda: backward_repeats(sched.rows, trans_n, state, g, ctx.cache),
             Path.BATCH_REPEATS: lambda: backward_batched_repeats(trans_n, state, g, ctx.cache),
             Path.SHARED: lambda: backward_shared(sched.rows, trans_n, tips, state, g),
             Path.BATCHED: lambda: backward_batched(sched, trans_n, tips, state, g, ctx.cache),
