@@ -1,6 +1,6 @@
-r"""Unscaled forward passes as compiled loops: `fused_root_partials` for a batch of new
-topologies over every site pattern, `fused_repeats_root` for one topology over its distinct
-clade columns.
+r"""Unscaled pruning passes and their gradients as compiled loops: `fused_root_partials`
+for a batch of new topologies over every site pattern, `fused_repeats_root` for one topology
+over its distinct clade columns, and their backward passes.
 
 **A batch of new topologies.** With a topology per batch element and clades that do not
 recur (new random topologies: no site repeats to exploit),
@@ -24,18 +24,28 @@ recursion in C (`PackedPlan`: the plan as flat arrays) is one call; an element's
 
 Only the root's partials come back; `models.phylo.partials` does the rest (root likelihood,
 log, pattern weights), so the result, and the underflow test on it, are those of the tensor
-passes, equal to rounding (the same products; a matrix library may order the four-term sums
-differently). Both serve only forward passes that keep nothing for a gradient: the backward
-passes read every node's partials and messages, which is what the tensor passes store.
-Written by hand because no library available from PyTorch prunes a batch of different
-topologies, or a tree's clade columns, in one call (BEAGLE does one tree per instance over
-every pattern, through its own C API and buffers).
+passes, equal to rounding (the same products; a matrix library may order the sums
+differently).
+
+**Gradients.** After a compiled forward pass, the backward pass is compiled too
+(`fused_repeats_grad`, `fused_batched_grad`): per element, the forward pass again, now
+keeping every node's partials $L_v$ and messages $M_v$ in scratch (recomputing costs less
+than keeping megabytes alive until the backward pass), then the pre-order recursion of
+`models.phylo.likelihood` (Ji et al. 2020): $U_a[\,\cdot, i_a] \mathrel{+}= G_v \odot
+M_b[\,\cdot, i_b]$ onto each child's columns, $\partial/\partial P_k = U_k X_k^\top$ ($X_k$ the
+partials, or a leaf's tip columns) and $G_k = P_k^\top U_k$. The tensor passes' backward is
+the same recursion in tensor operations, a few per node, and costs four to ten times their
+forward in dispatch and memory traffic. Written by hand because no library available from
+PyTorch prunes a batch of different topologies, or a tree's clade columns, in one call, nor
+differentiates through one (BEAGLE does one tree per instance over every pattern, through
+its own C API and buffers).
 
 **Availability.** The kernels are compiled with the C compiler found (`$CC`, else `cc`,
 `gcc` or `clang`) into a temporary directory, once per process (~0.3 s), with
 `-O3 -march=native` (else `-O3`). Without a compiler, on another device or dtype than
-CPU float64, or with `VARINF_FUSED=0` in the environment, both return `None` and the tensor
-passes run: the answer never depends on it, only the speed.
+CPU float64, or with `VARINF_FUSED=0` in the environment, the forward kernels return `None`
+and the tensor passes run, forward and backward: the answer never depends on it, only the
+speed. Second derivatives never run here (`models.phylo.hessian`).
 """
 
 from __future__ import annotations

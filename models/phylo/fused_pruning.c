@@ -1,13 +1,18 @@
-/* The unscaled pruning pass over every site pattern for a batch of topologies, fused: the
-   kernel of models/phylo/fused.py (which compiles and loads this file, and documents it).
+/* The unscaled pruning passes and their gradients as plain loops: the kernels of
+   models/phylo/fused.py (which compiles and loads this file, and documents why).
 
-   For every batch element b and rate category c, the internal nodes n+j are visited in
-   the order of the child table (children first): the node's partials are the product of
-   its children's messages, a leaf's message P_k x_k computed from its tip partials x_k on
-   the fly, an internal child's message P_k L_k read from the scratch buffer, where the
-   node's own message is then written (its partials itself above the zero-length edge of
-   node 2n-3). One element's messages, (n-1) * 4 * P doubles, stay in the core's cache
-   (DS1: 0.8 MB), and nothing but the root's partials is written to memory the caller reads.
+   prune_batched  a topology per batch element, every site pattern, forward
+   prune_repeats  one topology over its nodes' distinct clade columns, forward
+   prune_grad     the gradient of either with respect to the transition matrices
+
+   prune_batched: for every batch element b and rate category c, the internal nodes n+j
+   are visited in the order of the child table (children first): the node's partials are
+   the product of its children's messages, a leaf's message P_k x_k computed from its tip
+   partials x_k on the fly, an internal child's message P_k L_k read from the scratch
+   buffer, where the node's own message is then written (its partials itself above the
+   zero-length edge of node 2n-3). One element's messages, (n-1) * 4 * P doubles, stay in
+   the core's cache (DS1: 0.8 MB), and nothing but the root's partials is written to memory
+   the caller reads.
 
    Layouts (all contiguous, float64; the caller checks the child table first):
      trans     (2n-2, N, C, 4, 4)  node-major transition matrices, identity above 2n-3

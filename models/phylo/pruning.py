@@ -25,7 +25,7 @@ whole level of the tree per operation; with many, memory traffic dominates and t
 node-by-node pass wastes no padded columns. The repeats paths prune distinct
 clade columns only (`models.phylo.repeats`; DS1: 5118 of 24284 columns); `SHARED` keeps a
 tensor per node, a small working set; `BATCHED` gathers from node-major buffers
-(`models.phylo.scaled`). (d) Without a gradient, these unscaled passes are each one
+(`models.phylo.scaled`). (d) These unscaled passes and their backward passes are each one
 compiled loop (`models.phylo.fused`, where a C compiler is found): over clade columns a pass
 of tensor operations is all dispatch, over every pattern (new random topologies have no
 repeats) it is bound by memory traffic.
