@@ -116,11 +116,15 @@ def before_fn(path: str | None):
     sys.modules["models_before"] = module
     spec.loader.exec_module(module)
     old = importlib.import_module("models_before.phylo")
+    caches: dict = {}  # one cache per alignment, as `ours` keeps (where it has caches)
 
     def run(tips, weights, children, lengths):
         trans = old.JC69().transition_matrices({}, lengths)[..., None, :, :]
         freqs = torch.full((4,), 0.25, dtype=lengths.dtype, device=lengths.device)
-        return old.pruning_log_likelihood(tips, weights, children, trans, freqs)
+        kw = {}
+        if hasattr(old, "LikelihoodCache"):
+            kw["cache"] = caches.setdefault(id(tips), old.LikelihoodCache(tips))
+        return old.pruning_log_likelihood(tips, weights, children, trans, freqs, **kw)
 
     return run
 

@@ -106,6 +106,9 @@ def pruning_log_likelihood(
     flat_trans = trans.expand(*batch, *trans.shape[-4:]).reshape(n_batch, *trans.shape[-4:])
     flat_freqs = freqs.to(trans).expand(*batch, 4).reshape(n_batch, 4)
     flat_cat = category_weights.to(trans).expand(*batch, n_cat).reshape(n_batch, n_cat)
+    if not torch.is_grad_enabled():  # views of leaves still require grad under no_grad:
+        # detached, the kernels see that no backward pass will come and keep nothing for one
+        flat_trans, flat_freqs, flat_cat = (x.detach() for x in (flat_trans, flat_freqs, flat_cat))
     if children.dim() > 2:
         children = children.expand(*batch, n - 1, 2).reshape(n_batch, n - 1, 2)
     tips = tips.to(trans)

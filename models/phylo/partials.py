@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["finish", "internal_message", "leaf_message", "rescale_", "root_likelihood"]
+__all__ = ["finish", "internal_message", "leaf_message", "rescale_", "root_likelihood",
+           "root_patterns"]  # fmt: skip
 
 
 def leaf_message(trans: Tensor, tip_columns: Tensor) -> Tensor:
@@ -31,6 +32,17 @@ def root_likelihood(root: Tensor, freqs: Tensor, cat_w: Tensor) -> Tensor:
     `(N, C, 4, K)`, frequencies `(N, 4)` and category weights `(N, C)`."""
     w = (cat_w[:, :, None] * freqs[:, None, :]).view(-1, 1, root.shape[1] * 4)  # w_c pi_s
     return torch.bmm(w, root.reshape(root.shape[0], -1, root.shape[-1]))[:, 0]
+
+
+def root_patterns(root: Tensor, root_ids: Tensor, freqs: Tensor, cat_w: Tensor,
+                  weights: Tensor) -> tuple:  # fmt: skip
+    """What an unscaled pass over the root's distinct columns returns from the root's
+    partials `(N, C, 4, K)`: log-likelihoods and likelihoods `(N, K)`, the columns' pattern
+    weights `(K,)` (summed over the patterns `root_ids` maps there) and the smallest
+    likelihood."""
+    lik = root_likelihood(root, freqs, cat_w)
+    root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, root_ids, weights)
+    return lik.log(), lik, root_w, lik.min()
 
 
 def rescale_(x: Tensor) -> Tensor:

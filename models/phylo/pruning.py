@@ -11,11 +11,11 @@ result is safe; each records a small dataclass with what its backward pass needs
 
 | path | runs when | rescaling | kernel |
 | --- | --- | --- | --- |
-| `Path.WAVES` | one topology, `optimistic`, no underflow, $NC \le 4$ (c) | none | `forward_waves` |
-| `Path.REPEATS` | one topology, `optimistic`, no underflow, $NC > 4$ | none | `forward_repeats` |
+| `Path.WAVES` | one tree, `optimistic`, no underflow, $NC \le 4$ (c) | none | `forward_waves` (d) |
+| `Path.REPEATS` | one tree, `optimistic`, no underflow, $NC > 4$ | none | `forward_repeats` (d) |
 | `Path.BATCH_REPEATS` | clades recur (a), no underflow seen | none | `forward_batched_repeats` |
-| `Path.SHARED` | one topology, otherwise | 0 (b), `every`, 1 | `forward_shared` |
-| `Path.BATCHED` | a topology per element, otherwise | 0 (b), `every`, 1 | `forward_batched` |
+| `Path.SHARED` | one tree, otherwise | 0 (b), `every`, 1 | `forward_shared` |
+| `Path.BATCHED` | a topology per element, otherwise | 0 (b), `every`, 1 | `forward_batched` (d) |
 
 Why: (a) `optimistic`, and the batch's clades recur enough to pay for the set-up
 (`models.phylo.batch_layout.BatchPlan.worthwhile`); (b) the unscaled pass over every pattern
@@ -25,7 +25,10 @@ whole level of the tree per operation; with many, memory traffic dominates and t
 node-by-node pass wastes no padded columns. The repeats paths prune distinct
 clade columns only (`models.phylo.repeats`; DS1: 5118 of 24284 columns); `SHARED` keeps a
 tensor per node, a small working set; `BATCHED` gathers from node-major buffers
-(`models.phylo.scaled`).
+(`models.phylo.scaled`). (d) These unscaled passes and their backward passes are each one
+compiled loop (`models.phylo.fused`, where a C compiler is found): over clade columns a pass
+of tensor operations is all dispatch, over every pattern (new random topologies have no
+repeats) it is bound by memory traffic.
 
 An unscaled pass (the repeats paths, or period 0) is kept when every pattern's likelihood
 exceeds 1e-290, which float64 reaches on trees of a few hundred taxa: then no partial lost
@@ -102,7 +105,7 @@ def _unscaled_repeats(trans_n, tips, sched, children, freqs, cat_w, weights, kee
             return Path.WAVES, forward_waves(trans_n, plan.waves, freqs, cat_w, weights,
                                              keep, cache)  # fmt: skip
         return Path.REPEATS, forward_repeats(trans_n, plan, plan.rows, freqs, cat_w, weights,
-                                             keep)  # fmt: skip
+                                             keep, cache)  # fmt: skip
     plan = batch_plan_for(cache, children, keep)
     if not plan.worthwhile:
         return None, None
@@ -194,7 +197,7 @@ class Pruning(torch.autograd.Function):
         sched, state = ctx.sched, ctx.state
         grad_trans = {
             Path.WAVES: lambda: backward_waves(trans_n, state, g, ctx.cache),
-            Path.REPEATS: lambda: backward_repeats(sched.rows, trans_n, state, g),
+            Path.REPEATS: lambda: backward_repeats(sched.rows, trans_n, state, g, ctx.cache),
             Path.BATCH_REPEATS: lambda: backward_batched_repeats(trans_n, state, g, ctx.cache),
             Path.SHARED: lambda: backward_shared(sched.rows, trans_n, tips, state, g),
             Path.BATCHED: lambda: backward_batched(sched, trans_n, tips, state, g, ctx.cache),

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from .batch_layout import BatchPlan
-from .partials import root_likelihood
+from .fused import fused_repeats_grad, fused_repeats_root
+from .partials import root_likelihood, root_patterns
 from .tree_plan import RepeatPlan
 
 
@@ -42,6 +43,7 @@ class RepeatsState:
     plan: RepeatPlan
     pairs: list[list[Tensor]]
     low: dict[int, Tensor]
+    compiled: bool = False  # the pass ran in C (`models.phylo.fused`): so does its backward
 
 
 @dataclass
@@ -53,7 +55,7 @@ class BatchRepeatsState:
     saved: list[tuple[Tensor, Tensor]]
 
 
-def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
+def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep, cache):
     """Unscaled pruning over distinct clade patterns; returns what `Pruning` needs: the
     log-likelihoods of the root's patterns `(N, K_root)`, the state for
     `backward_repeats`, the root's pattern likelihoods `(N, K_root)`, the root partials,
@@ -61,7 +63,11 @@ def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
 
     Partials are `(N*C, 4, K)`, so that every message is one `bmm` (a 4-D broadcast matmul
     costs three times as much at these sizes), and the plan's indices come expanded to that
-    shape once (an `expand` per gather costs as much as the gather)."""
+    shape once (an `expand` per gather costs as much as the gather). The compiled loop of
+    `models.phylo.fused` runs instead where it is available (and so does the backward)."""
+    if (root := fused_repeats_root(trans_n, plan.packed, cache, keep)) is not None:
+        logl, lik, root_w, smallest = root_patterns(root, plan.root_ids, freqs, cat_w, weights)
+        return logl, RepeatsState(plan, [], {}, compiled=True), lik, root, root_w, smallest
     n, (n_batch, n_cat) = len(plan.tips), trans_n.shape[1:3]
     nc, top = n_batch * n_cat, 2 * n - 3
     mats = trans_n.view(-1, nc, 4, 4).unbind(0)  # one op, not one select a node
@@ -81,16 +87,18 @@ def forward_repeats(trans_n, plan, rows, freqs, cat_w, weights, keep):
         # without keep, ms[0] is a fresh message or a partial nothing else needs
         low[n + j] = part = ms[0] * ms[1] if keep else ms[0].mul_(ms[1])
     root = part.view(n_batch, n_cat, 4, -1)
-    lik = root_likelihood(root, freqs, cat_w)  # (N, K_root)
-    root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    return lik.log(), RepeatsState(plan, pairs, low), lik, root, root_w, lik.min()
+    logl, lik, root_w, smallest = root_patterns(root, plan.root_ids, freqs, cat_w, weights)
+    return logl, RepeatsState(plan, pairs, low), lik, root, root_w, smallest
 
 
-def backward_repeats(rows, trans_n, state: RepeatsState, g):
+def backward_repeats(rows, trans_n, state: RepeatsState, g, cache):
     r"""Pre-order pass over distinct patterns (`models.phylo.scaled.backward_shared` with
     each child's outside partial summed onto its own columns first), in the `(N*C, 4, K)`
-    layout of `forward_repeats`."""
+    layout of `forward_repeats` (or in C, `models.phylo.fused.fused_repeats_grad`, after
+    the compiled forward)."""
     plan, pairs, low = state.plan, state.pairs, state.low
+    if state.compiled:
+        return fused_repeats_grad(trans_n, plan.packed, g, cache)[:-1].transpose(0, 1)
     n, (n_batch, n_cat) = len(plan.tips), trans_n.shape[1:3]
     nc = n_batch * n_cat
     mats = trans_n.view(-1, nc, 4, 4)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .fused import fused_batched_grad, fused_root_partials
 from .partials import finish, internal_message, leaf_message, rescale_, root_likelihood
 
 __all__ = ["BatchedState", "SharedState", "backward_batched", "backward_shared",
@@ -43,6 +44,7 @@ class BatchedState:
     pairs: list[tuple[Tensor, Tensor]]
     low: Tensor
     factor: dict[int, Tensor]
+    compiled: bool = False  # the pass ran in C (`models.phylo.fused`): so does its backward
 
 
 class Schedule:
@@ -77,13 +79,22 @@ class Schedule:
 
 
 def forward_batched(trans_n, tips, sched, freqs, cat_w, weights, every, low, cache):
-    """Pruning for a different topology per batch element: node-major buffers, gathers."""
-    n = tips.shape[0]
+    """Pruning for a different topology per batch element: node-major buffers, gathers
+    (the unscaled pass: the compiled loop of `models.phylo.fused` where it is available,
+    and so is its backward; the root's partials in `low[n-2]` then)."""
+    n, keep = tips.shape[0], low.shape[0] > 1
+    if not every:
+        root = fused_root_partials(trans_n, tips, sched.children, cache, low[n - 2] if keep
+                                   else None)  # fmt: skip
+        if root is not None:
+            lik = root_likelihood(root, freqs, cat_w)
+            logl, smallest = finish(lik, [])
+            return logl, BatchedState([], low, {}, compiled=True), lik, smallest
     shape = (2 * n - 2, *trans_n.shape[1:3], 4, tips.shape[-1])
     msg = cache.workspace("node messages", shape, trans_n)
     # leaves: one (N*C*4, 4) @ (4, P) product per leaf, batched over the leaves
     torch.bmm(trans_n[:n].flatten(1, 3), tips, out=msg[:n].view(n, -1, tips.shape[-1]))
-    keep, n_batch = low.shape[0] > 1, trans_n.shape[1]
+    n_batch = trans_n.shape[1]
     flat = msg.flatten(0, 1)
     # per row, both children of every tree in one gather; tensors unbound once, not per row
     idx, parts = sched.idx.flatten(1).unbind(0), low.unbind(0)
@@ -178,6 +189,8 @@ def backward_batched(sched, trans_n, tips, state: BatchedState, g, cache):
     `backward_shared`, so every edge's gradient is one product at the end. Its buffers are
     the `cache`'s scratch workspaces.
     """
+    if state.compiled:
+        return fused_batched_grad(trans_n, tips, sched.children, g, cache)[:-1].transpose(0, 1)
     n = tips.shape[0]
     msg, low, factor = state.pairs, state.low, state.factor
     # U of each row's two children; scratch (megabytes: fresh pages cost more than the

@@ -13,6 +13,7 @@ import torch
 
 from varinf.distributions.trees import clade_keys
 
+from .fused import PackedPlan
 from .waves import WavePlan
 
 __all__ = ["RepeatPlan", "plan_for"]
@@ -34,6 +35,7 @@ class RepeatPlan:
         root_ids: `(P,)` distinct root pattern of every site pattern.
         columns: per row, the children's columns `(i_a, i_b)` as numpy arrays.
         waves: the level schedule of these columns (`models.phylo.waves.WavePlan`).
+        packed: these columns as the compiled loop's arrays (`models.phylo.fused.PackedPlan`).
         leaf_cols: per row, each leaf child's tip columns at the row's patterns (else `None`).
     """
 
@@ -63,6 +65,7 @@ class RepeatPlan:
             self.leaf_cols.append(tuple(cols))
         self.root_ids = patterns.root_ids(device)
         self.rows, self._steps = rows, {}
+        self.packed = PackedPlan(self)  # for the compiled loop (models.phylo.fused)
         self.waves = WavePlan(self, patterns.tip_columns)  # the level schedule, for few particles
 
     @property
@@ -72,7 +75,7 @@ class RepeatPlan:
         owned = [t for pair in (*self.index, *self.leaf_cols) for t in pair if t is not None]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in owned}
         columns = sum(a.nbytes for pair in self.columns for a in pair)
-        return sum(storages.values()) + columns + self.waves.nbytes
+        return sum(storages.values()) + columns + self.waves.nbytes + self.packed.nbytes
 
     def expanded(self, width: int) -> list[tuple]:
         """`index` with each index expanded to `(width, 4, K)` (views, kept per width)."""

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .partials import root_likelihood
+from .fused import fused_repeats_grad, fused_repeats_root
+from .partials import root_patterns
 
 __all__ = ["WAVES_UP_TO", "WavePlan", "WavesState", "backward_waves", "forward_waves"]
 
@@ -78,6 +79,7 @@ class WavePlan:
     def __init__(self, plan, tip_columns: Tensor) -> None:
         n, rows = len(plan.tips), plan.rows
         self.n, self.tip_columns, self.root_ids = n, tip_columns, plan.root_ids
+        self.packed = plan.packed  # the compiled loop's arrays (forward without a gradient)
         height = [0] * (2 * n - 1)
         for j, (a, b) in enumerate(rows):
             height[n + j] = 1 + max(height[a], height[b])
@@ -156,6 +158,7 @@ class WavesState:
     plan: WavePlan
     steps: list[tuple]
     saved: list[tuple[Tensor, Tensor]]
+    compiled: bool = False  # the pass ran in C (`models.phylo.fused`): so does its backward
 
 
 def _wave_mats(trans_n: Tensor, plan: WavePlan) -> list[Tensor]:
@@ -170,7 +173,11 @@ def forward_waves(trans_n, plan: WavePlan, freqs, cat_w, weights, keep, cache):
     """Unscaled pruning of one topology over distinct clade patterns, level by level; returns
     what `models.phylo.repeats.forward_repeats` returns (log-likelihoods of the root's
     patterns, the state for `backward_waves`, likelihoods, root partials, root pattern
-    weights, smallest likelihood)."""
+    weights, smallest likelihood). The compiled loop of `models.phylo.fused` runs instead
+    where it is available (and so does the backward)."""
+    if (root := fused_repeats_root(trans_n, plan.packed, cache, keep)) is not None:
+        logl, lik, root_w, smallest = root_patterns(root, plan.root_ids, freqs, cat_w, weights)
+        return logl, WavesState(plan, [], [], compiled=True), lik, root, root_w, smallest
     n, (n_batch, n_cat) = plan.n, trans_n.shape[1:3]
     nc = n_batch * n_cat
     # views made once for as long as the cache hands out the same buffer: a dozen fewer
@@ -192,9 +199,8 @@ def forward_waves(trans_n, plan: WavePlan, freqs, cat_w, weights, keep, cache):
         if out is not None:  # every wave but the root's: messages, written in place
             torch.bmm(mats, part, out=out)
     root = part.view(n_batch, n_cat, 4, -1)
-    lik = root_likelihood(root, freqs, cat_w)  # (N, K_root)
-    root_w = weights.new_zeros(lik.shape[-1]).index_add_(0, plan.root_ids, weights)
-    return lik.log(), WavesState(plan, steps, saved), lik, root, root_w, lik.min()
+    logl, lik, root_w, smallest = root_patterns(root, plan.root_ids, freqs, cat_w, weights)
+    return logl, WavesState(plan, steps, saved), lik, root, root_w, smallest
 
 
 def backward_waves(trans_n, state: WavesState, g, cache):
@@ -202,8 +208,11 @@ def backward_waves(trans_n, state: WavesState, g, cache):
     partials are $G_v = P_v^\top U_v$ from the summed outside messages $U_v$ of its
     columns, its edges' gradients $U_v L_v^\top$, and $G_v$ times each child's sibling
     message is added onto the child's columns (summing over the parent's columns that share
-    a child column, as the chain rule asks). `g` is the root's $G$ `(N, C, 4, K)`."""
+    a child column, as the chain rule asks). `g` is the root's $G$ `(N, C, 4, K)`. After the
+    compiled forward, in C (`models.phylo.fused.fused_repeats_grad`)."""
     plan, saved = state.plan, state.saved
+    if state.compiled:
+        return fused_repeats_grad(trans_n, plan.packed, g, cache)[:-1].transpose(0, 1)
     n, (n_batch, n_cat) = plan.n, trans_n.shape[1:3]
     nc, kl = n_batch * n_cat, plan.tip_columns.shape[-1]
     # U of every buffer entry, in the cache's scratch memory (nothing returned refers to it)
