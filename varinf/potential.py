@@ -29,7 +29,7 @@ from typing import NamedTuple
 import pyro
 import pyro.poutine as poutine
 import torch
-from torch.distributions import Transform, biject_to, constraints
+from torch.distributions import Transform, biject_to
 
 from varinf.potential_layout import (
     ModelLayout,
@@ -53,14 +53,12 @@ class Site(NamedTuple):
         shape: Its constrained shape per chain (batch and event shape of one unvectorised run).
         transform: ``biject_to(support)``, from unconstrained to constrained values.
         slice: The columns of ``z`` holding the site's unconstrained values.
-        support: The site's support (a `torch.distributions.constraints.Constraint`).
     """
 
     name: str
     shape: torch.Size
     transform: Transform
     slice: slice
-    support: constraints.Constraint
 
 
 class Potential:
@@ -165,7 +163,7 @@ class Potential:
         """
         z = self._check_z(z)
         values, log_jacobian = self._constrain(z)
-        broken = _broken_rows(z, values, self.sites)
+        broken = _broken_rows(z, values, self.layout.latents)
         if broken.any():
             # A wild leapfrog step must not stop the batched model call for every other chain:
             # its row runs at a stand-in point and gets NaN terms, which the samplers reject
@@ -354,18 +352,18 @@ def _lay_out(layout: ModelLayout) -> list[Site]:
     for name, shape, support in layout.latents:
         transform = biject_to(support)
         width = transform.inverse_shape(shape).numel()
-        sites.append(Site(name, shape, transform, slice(start, start + width), support))
+        sites.append(Site(name, shape, transform, slice(start, start + width)))
         start += width
     return sites
 
 
-def _broken_rows(z: torch.Tensor, values: dict, sites: list[Site]) -> torch.Tensor:
+def _broken_rows(z: torch.Tensor, values: dict, latents) -> torch.Tensor:
     """Rows with a non-finite ``z``, or a value its transform sent off the support (``exp``
-    overflowing to inf or underflowing to 0)."""
+    overflowing to inf or underflowing to 0); ``latents`` as in `ModelLayout`."""
     broken = ~z.isfinite().all(-1)
-    for site in sites:
-        value = values[site.name].detach()
-        inside = site.support.check(value).reshape(len(z), -1).all(-1)
+    for name, _, support in latents:
+        value = values[name].detach()
+        inside = support.check(value).reshape(len(z), -1).all(-1)
         broken = broken | ~inside | ~value.reshape(len(z), -1).isfinite().all(-1)
     return broken
 
