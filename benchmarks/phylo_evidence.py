@@ -17,7 +17,7 @@ Add a method by appending a `Method` to `METHODS`: a name and a function of the 
 Laplace, Laplus, importance-sampling and nested-sampling rows (no MCMC run; run them alone
 with e.g. ``--methods laplace glis vbis vbis-flow nested-batched``, which skips MrBayes).
 
-Run: ``python benchmarks/phylo_evidence.py [--replicates 3] [--mrbayes-ngen 1000000]``; one
+Run: ``python benchmarks/phylo_evidence.py [--replicates 3] [--mrbayes-ngen 4000000]``; one
 intra-op thread. The machine may be shared: compare ratios measured in the same run.
 """
 
@@ -211,14 +211,16 @@ def ds1_model():
     return phylo_model(aln, tree, "JC69", pyro.distributions.Exponential(10.0), per_site=True)
 
 
-def run_mrbayes(ngen: int, nruns: int, workdir: Path) -> dict:
-    """MrBayes's stepping stone on ``mrbayes_ds1.nex`` with ``ngen`` generations and ``nruns``
-    independent runs: per-run values, their spread, and wall and CPU seconds per run."""
+def run_mrbayes(ngen: int, nruns: int, workdir: Path, seed: int = 1) -> dict:
+    """MrBayes's stepping stone on ``mrbayes_ds1.nex`` with ``ngen`` generations, ``nruns``
+    independent runs and ``seed``: per-run values, their spread, and wall and CPU seconds per
+    run."""
     if shutil.which("mb") is None:
         return {}
     text = MRBAYES_INPUT.read_text()
     text = re.sub(r"ss ngen=\d+", f"ss ngen={ngen}", text)
     text = re.sub(r"nruns=\d+", f"nruns={nruns}", text)
+    text = re.sub(r"seed=\d+ swapseed=\d+", f"seed={seed} swapseed={seed}", text)
     (workdir / "ds1.nex").write_text(text)
     started, cpu = time.perf_counter(), _children_cpu()
     out = subprocess.run(["mb", "ds1.nex"], cwd=workdir, capture_output=True, text=True).stdout
@@ -229,6 +231,14 @@ def run_mrbayes(ngen: int, nruns: int, workdir: Path) -> dict:
         "values": values, "mean": statistics.mean(values), "spread": statistics.stdev(values),
         "wall_per_run": wall / nruns, "cpu_per_run": cpu / nruns, "ngen": ngen,
     }  # fmt: skip
+
+
+def _variance_interval(dof: int) -> tuple[float, float]:
+    """95% interval of a variance over its estimate from ``dof`` degrees of freedom (chi-square),
+    as factors: MrBayes's spread comes from a few runs, so its time for 0.05 nats is uncertain."""
+    from scipy.stats import chi2
+
+    return dof / chi2.ppf(0.975, dof), dof / chi2.ppf(0.025, dof)
 
 
 def _children_cpu() -> float:
@@ -244,16 +254,17 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=[m.name for m in METHODS] + FAST_DEFAULT)
     parser.add_argument("--num-steps", type=int, default=50)
     parser.add_argument("--alpha", type=float, default=0.3)
-    parser.add_argument("--num-replicates", type=int, default=2, help="chains per temperature")
+    parser.add_argument("--num-replicates", type=int, default=4, help="chains per temperature")
     parser.add_argument("--num-chains", type=int, default=8, help="posterior-run chains")
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--draws", type=int, default=100)
+    parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--posterior-draws", type=int, default=500)
     parser.add_argument("--gss-steps", type=int, default=10)
     parser.add_argument("--smc-particles", type=int, default=128)
     parser.add_argument("--smc-groups", type=int, default=4)
-    parser.add_argument("--mrbayes-ngen", type=int, default=1_000_000)
+    parser.add_argument("--mrbayes-ngen", type=int, default=4_000_000)
     parser.add_argument("--mrbayes-runs", type=int, default=4)
+    parser.add_argument("--mrbayes-seed", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args()
     torch.set_num_threads(1)
@@ -270,7 +281,9 @@ def main() -> None:
     mrbayes = {}
     if any(m in METHODS for m in methods):  # the fast methods alone need no MrBayes run
         with tempfile.TemporaryDirectory() as folder:
-            mrbayes = run_mrbayes(options.mrbayes_ngen, options.mrbayes_runs, Path(folder))
+            mrbayes = run_mrbayes(
+                options.mrbayes_ngen, options.mrbayes_runs, Path(folder), options.mrbayes_seed
+            )
     report(results, mrbayes)
 
 
@@ -291,8 +304,11 @@ def report(results: dict, mrbayes: dict) -> None:
     print(f"| MrBayes 3.2.7 SS ({mrbayes['ngen']:.0e} gen) | {mrbayes['mean']:.3f} | "
           f"{mrbayes['spread']:.3f} | - | {mrbayes['wall_per_run']:.1f} per run | - |")  # fmt: skip
     mb_time = mrbayes["wall_per_run"] * (mrbayes["spread"] / TARGET_STDERR) ** 2
+    low, high = _variance_interval(len(mrbayes["values"]) - 1)
     print(f"\nMrBayes runs: {mrbayes['values']}; CPU {mrbayes['cpu_per_run']:.1f} s per run")
-    print(f"MrBayes wall time for a 0.05 spread (1/sqrt(n) rule): {mb_time:.0f} s")
+    print(f"MrBayes wall time for a 0.05 spread (1/sqrt(n) rule): {mb_time:.0f} s "
+          f"(95% interval from the spread of {len(mrbayes['values'])} runs: "
+          f"{mb_time * low:.0f}-{mb_time * high:.0f} s)")  # fmt: skip
     for name in ("stepping-stone", "smc"):
         if name not in results:
             continue
@@ -305,7 +321,8 @@ def report(results: dict, mrbayes: dict) -> None:
         ours = fixed + scaled * (error / TARGET_STDERR) ** 2
         print(
             f"{name}: {ours:.0f} s for a 0.05 error ({fixed:.0f} s of warm-up) -> "
-            f"{mb_time / ours:.2f}x MrBayes's time"
+            f"{mb_time / ours:.2f}x MrBayes's time ({mb_time * low / ours:.2f}-"
+            f"{mb_time * high / ours:.2f}x from MrBayes's spread alone)"
         )
 
 
