@@ -58,21 +58,15 @@ class PotentialTerms:
 
     def masked(self, rows: torch.Tensor) -> PotentialTerms:
         """The same terms with NaN at ``rows`` (a ``(C,)`` boolean mask)."""
-        return PotentialTerms(
-            *(
-                None if v is None else v.masked_fill(_expand(rows, v), math.nan)
-                for v in (getattr(self, f.name) for f in fields(self))
-            )
-        )
+        return self._map(lambda v: v.masked_fill(_expand(rows, v), math.nan))
 
     def detach(self) -> PotentialTerms:
         """The same terms cut from the autograd graph."""
-        return PotentialTerms(
-            *(
-                None if v is None else v.detach()
-                for v in (getattr(self, f.name) for f in fields(self))
-            )
-        )
+        return self._map(torch.Tensor.detach)
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> PotentialTerms:
+        values = (getattr(self, f.name) for f in fields(self))
+        return PotentialTerms(*(None if v is None else fn(v) for v in values))
 
 
 class ModelLayout:

@@ -111,7 +111,6 @@ def library() -> ctypes.CDLL | None:
     return None
 
 
-@functools.cache
 def _bounds(n: int, device: torch.device) -> Tensor:
     """`(n-1, 1)` the node numbers `n + j`: row `j`'s children must be below."""
     return (n + torch.arange(n - 1, device=device))[:, None]

@@ -182,3 +182,16 @@ def test_power_posterior_run_rejects_bad_draws():
         SteppingStone([0.0, 0.5])
     with pytest.raises(ValueError, match="num_draws must be an integer >= 4"):
         PowerPosteriorRun.sample(lambda: None, num_draws=2)
+
+
+def test_power_posterior_runs_cap_trajectories_unless_told():
+    """Their estimators use the log-likelihood only (see `POWER_MAX_STEPS`); a user's
+    ``max_steps`` wins."""
+    from models.conjugate import ConjugateGaussian
+    from varinf import PowerPosteriorRun
+    from varinf.estimators.runs import POWER_MAX_STEPS
+    from varinf.potential import Potential
+
+    potential = Potential(ConjugateGaussian.example().model)
+    assert PowerPosteriorRun.sampler(potential, num_draws=10).max_steps == POWER_MAX_STEPS == 12
+    assert PowerPosteriorRun.sampler(potential, num_draws=10, max_steps=50).max_steps == 50
