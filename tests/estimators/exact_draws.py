@@ -86,6 +86,21 @@ class GaussianLinearModel:
             rows.append(self.log_likelihood_per_datum(draws).sum(-1))
         return torch.stack(rows)
 
+    def power_posterior_draws(
+        self, temperatures, num_chains: int, num_draws: int, seed: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""Exact draws ``(T, C, S, P)``, their log-likelihoods ``(T, C, S)`` and the score
+        $-\Lambda_\beta (w - m_\beta)$ of their power posterior ``(T, C, S, P)``."""
+        generator = torch.Generator().manual_seed(seed)
+        draws, ell, scores = [], [], []
+        for beta in temperatures:
+            mean, covariance = self.power_posterior(float(beta))
+            w = self.sample(float(beta), (num_chains, num_draws), generator)
+            draws.append(w)
+            ell.append(self.log_likelihood_per_datum(w).sum(-1))
+            scores.append(-(w - mean) @ torch.linalg.inv(covariance))
+        return torch.stack(draws), torch.stack(ell), torch.stack(scores)
+
     def predictive_truth(self) -> tuple[float, float]:
         r"""Exact $\sum_i \log p(y_i \mid y)$ (PPD) and $\sum_i \log p(y_i \mid y_{-i})$ (CPO)."""
         x, y, tau = self.features, self.targets, self.noise_precision

@@ -54,6 +54,9 @@ class PowerPosteriorRun:
         mcmc: the `varinf.mcmc.MCMCRun` the draws come from (``None`` if built from arrays).
         warnings: problems found (high $\hat R$, divergences), also copied into every
             estimate's diagnostics.
+        z, grad: ``(T, R, S, D)`` unconstrained draws and the score $\nabla_z \log
+            \pi_\beta(z)$ of their power posterior, for control variates (``None`` when the
+            sampler did not record them).
     """
 
     temperatures: torch.Tensor
@@ -63,6 +66,8 @@ class PowerPosteriorRun:
     ess: torch.Tensor
     mcmc: Any = field(default=None, repr=False)
     warnings: list = field(default_factory=list)
+    z: torch.Tensor | None = field(default=None, repr=False)
+    grad: torch.Tensor | None = field(default=None, repr=False)
 
     @classmethod
     def from_mcmc(cls, run: Any, rhat_threshold: float = RHAT_THRESHOLD) -> PowerPosteriorRun:
@@ -76,7 +81,11 @@ class PowerPosteriorRun:
                 f"{[len(g) for g in groups]} chains at temperatures {temperatures.tolist()}"
             )
         ell = torch.stack(groups).to(torch.float64)
-        return cls.from_log_likelihoods(temperatures, ell, run.num_evaluations, run, rhat_threshold)
+        made = cls.from_log_likelihoods(temperatures, ell, run.num_evaluations, run, rhat_threshold)
+        if getattr(run, "grad", None) is not None:
+            made.z = torch.stack([run.z[run.beta == beta] for beta in temperatures])
+            made.grad = torch.stack([run.grad[run.beta == beta] for beta in temperatures])
+        return made
 
     @classmethod
     def from_log_likelihoods(

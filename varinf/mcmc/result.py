@@ -25,6 +25,9 @@ class MCMCRun:
         num_evaluations: potential evaluations spent (one per chain per batched call, warm-up
             included).
         potential: the potential the draws come from (for `samples`).
+        grad: $\nabla_z \log \pi_\beta(z)$ at each draw ``(C, S, D)``, which the leapfrog
+            integrator computed anyway (the zero-variance control variates of
+            `varinf.estimators.control_variates` need it), or ``None`` (Pyro's NUTS kernel).
         diagnostics: everything else: ``inv_metric`` ``(C, D)``, ``trajectory_length``
             ``(C,)``, per draw ``(C, S)`` the leapfrog steps ``n_steps``, ``acceptance_rate``
             and ``diverging``, ``warmup_divergences`` ``(C,)``, ``elapsed`` seconds,
@@ -41,6 +44,7 @@ class MCMCRun:
     num_evaluations: int
     potential: Any = field(repr=False)
     diagnostics: dict = field(default_factory=dict, repr=False)
+    grad: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def num_chains(self) -> int:

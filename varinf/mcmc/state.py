@@ -9,15 +9,19 @@ import torch
 from varinf.mcmc.adaptation import DualAveraging, PrincipalScale, WelfordVariance
 from varinf.mcmc.leapfrog import _FIELDS, Points
 
-DRAW_FIELDS = ("z", "log_likelihood", "log_prior", "acceptance_rate", "diverging", "n_steps")
+DRAW_FIELDS = (
+    "z", "grad", "log_likelihood", "log_prior", "acceptance_rate", "diverging", "n_steps",
+)  # fmt: skip
 
 
 def empty_draws(num_chains: int, num_draws: int, like: torch.Tensor) -> dict:
-    """Preallocated per-draw records (``(C, S, D)`` positions, ``(C, S)`` statistics)."""
+    """Preallocated per-draw records (``(C, S, D)`` positions and log-density gradients,
+    ``(C, S)`` statistics)."""
     dim = like.shape[-1]
     per_draw = like.new_zeros(num_chains, num_draws)
     return {
         "z": like.new_zeros(num_chains, num_draws, dim),
+        "grad": like.new_zeros(num_chains, num_draws, dim),
         "log_likelihood": per_draw.clone(),
         "log_prior": per_draw.clone(),
         "acceptance_rate": per_draw.clone(),
