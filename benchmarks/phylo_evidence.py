@@ -7,10 +7,15 @@ estimate, its standard deviation across repeats, the mean reported standard erro
 and likelihood evaluations. Then the wall time our stepping stone and SMC need for a standard
 error of 0.05 nats, against MrBayes 3.2.7's stepping stone (``mb``, run here on the same model
 from ``benchmarks/mrbayes_ds1.nex``, in the same process, so under the same load), as ratios.
-Times for 0.05 nats are extrapolated by the $1/\\sqrt{n}$ rule from the runs made here: for
-MrBayes ``time * (spread / 0.05)^2`` (its burn-in is a share of each step's generations), for
-ours ``warm-up + draw time * (error / 0.05)^2`` (warm-up is a fixed cost; the draw time is the
-run's time times the share of its likelihood evaluations spent on draws).
+The power-posterior run has 100 temperatures (the estimators' default is the paper's 50): with
+the stepping stone's control variates (`varinf.estimators.control_variates`) its error falls
+with the size of each step, $\\Delta\\beta\\,\\mathrm{sd}(\\ell)$, so 100 stones of half the
+draws each reached 0.034 nats where 50 reached 0.062 (one run each, 4 chains; plain stepping
+stone: 0.107 and 0.110). Times for 0.05 nats are extrapolated by the $1/\\sqrt{n}$ rule from
+the runs made here: for MrBayes ``time * (spread / 0.05)^2`` (its burn-in is a share of each
+step's generations), for ours ``warm-up + draw time * (error / 0.05)^2`` (warm-up is a fixed
+cost; the draw time is the run's time times the share of its likelihood evaluations spent on
+draws).
 
 Add a method by appending a `Method` to `METHODS`: a name and a function of the shared
 `Context` (the model and this repeat's runs) returning an `Estimate`. `FAST_METHODS` are the
@@ -97,11 +102,11 @@ def _timed(make):
     return value
 
 
-def _with_power(cls):
+def _with_power(cls, **options):
     def run(ctx):
         power = ctx.power()
         started = time.perf_counter()
-        estimate = cls(run=power).estimate(ctx.model)
+        estimate = cls(run=power, **options).estimate(ctx.model)
         draw_evaluations = float(power.mcmc.diagnostics["n_steps"].sum())
         warmup = power.seconds * (1 - draw_evaluations / power.num_evaluations)
         return estimate, power.seconds + time.perf_counter() - started, warmup
@@ -147,8 +152,13 @@ def _replace_cost(estimate, cost):
 
 METHODS = [
     Method("stepping-stone", _with_power(varinf.SteppingStone)),
+    Method("stepping-stone-uncontrolled", _with_power(varinf.SteppingStone, control_variates=None)),
     Method("path-sampling", _with_power(varinf.PathSampling)),
     Method("modified-path-sampling", _with_power(varinf.ModifiedPathSampling)),
+    Method(
+        "controlled-modified-path-sampling",
+        _with_power(varinf.ModifiedPathSampling, control_variates="quadratic"),
+    ),
     Method("generalized-stepping-stone", _gss),
     Method("bridge-sampling", _with_posterior(varinf.BridgeSampling)),
     Method("harmonic-mean", _with_posterior(varinf.HarmonicMean)),
@@ -252,7 +262,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--replicates", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=[m.name for m in METHODS] + FAST_DEFAULT)
-    parser.add_argument("--num-steps", type=int, default=50)
+    parser.add_argument("--num-steps", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--num-replicates", type=int, default=4, help="chains per temperature")
     parser.add_argument("--num-chains", type=int, default=8, help="posterior-run chains")
@@ -309,7 +319,9 @@ def report(results: dict, mrbayes: dict) -> None:
     print(f"MrBayes wall time for a 0.05 spread (1/sqrt(n) rule): {mb_time:.0f} s "
           f"(95% interval from the spread of {len(mrbayes['values'])} runs: "
           f"{mb_time * low:.0f}-{mb_time * high:.0f} s)")  # fmt: skip
-    for name in ("stepping-stone", "smc"):
+    timed = ("stepping-stone", "stepping-stone-uncontrolled", "controlled-modified-path-sampling",
+             "smc")  # fmt: skip
+    for name in timed:
         if name not in results:
             continue
         rows = results[name]

@@ -183,8 +183,19 @@ def test_resume_gives_the_same_draws_as_an_uninterrupted_run():
     resumed.load_state_dict(checkpoint)
     rest = resumed.run()
     assert torch.equal(rest.z, whole.z)
+    assert torch.equal(rest.grad, whole.grad)
     assert torch.equal(rest.step_size, whole.step_size)
     assert torch.equal(rest.log_likelihood, whole.log_likelihood)
+
+
+def test_draws_carry_the_score_of_their_power_posterior():
+    # Control variates (varinf.estimators.control_variates) need the gradient at each draw.
+    target = blr_target(3)
+    beta = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    run = MCMC(target, num_chains=3, num_warmup=20, num_draws=10, beta=beta, seed=2).run()
+    flat = run.z.reshape(-1, target.dim)
+    _, score, _ = target.value_and_grad(flat, beta.repeat_interleave(10).to(flat))
+    torch.testing.assert_close(run.grad, score.reshape(run.z.shape))
 
 
 def test_same_seed_same_draws_and_arviz_view():

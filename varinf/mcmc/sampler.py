@@ -305,7 +305,8 @@ class MCMC:
     def _record(self, state, index: int, accept_prob, divergent, num_steps) -> None:
         draws, points = state.draws, state.points
         draws["z"][:, index] = points.z
-        draws["grad"][:, index] = points.grad
+        if "grad" in draws:  # a checkpoint from before scores were recorded has none
+            draws["grad"][:, index] = points.grad
         draws["log_likelihood"][:, index] = points.log_likelihood
         draws["log_prior"][:, index] = points.log_prior
         draws["acceptance_rate"][:, index] = accept_prob
@@ -326,7 +327,6 @@ class MCMC:
     def _result(self, interrupted: bool) -> MCMCRun:
         state = self._state
         done = max(0, min(state.iteration - self.num_warmup, self.num_draws))
-        # A checkpoint from before gradients were recorded has no "grad" draws.
         draws = {k: state.draws[k][:, :done] for k in DRAW_FIELDS if k in state.draws}
         divergences = draws["diverging"].sum(1)
         notes = list(state.warnings)
