@@ -9,6 +9,7 @@ import torch
 from tests.estimators.exact_draws import GaussianLinearModel
 from varinf.estimators.control_variates import (
     controlled_draws,
+    controlled_means,
     folds,
     usable_degree,
     zero_variance_features,
@@ -139,3 +140,14 @@ def test_estimator_without_gradients_runs_uncontrolled():
     assert "uncontrolled" not in result.diagnostics
     with pytest.raises(ValueError, match="control_variates must be one of"):
         SteppingStone(control_variates="cubic")
+
+
+def test_rows_keep_their_plain_draws_where_features_do_not_help():
+    generator = torch.Generator().manual_seed(4)
+    values = torch.randn(2, 4, 30, generator=generator, dtype=torch.float64)
+    noise = torch.randn(2, 4, 30, 20, generator=generator, dtype=torch.float64)
+    informative = torch.cat([noise[:1], values[1:, ..., None] + 0.01 * noise[1:]], 0)
+    draws, used = controlled_means(values, informative)
+    assert used.tolist() == [False, True]  # pure noise overfits; a near-copy of f removes it
+    assert torch.equal(draws[0], values[0])
+    assert draws[1].var() < values[1].var() / 100

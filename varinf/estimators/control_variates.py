@@ -154,11 +154,41 @@ def _least_squares(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return slopes
 
 
+def controlled_means(
+    values: torch.Tensor, features: torch.Tensor, positive: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""`controlled_draws` at each leading index where they help.
+
+    A row keeps its plain draws where the controlled ones' estimated variance of the mean,
+    $\widehat{\mathrm{Var}} / \mathrm{ESS}$, is not smaller (cross-fitted residuals measure
+    how well the fit carries to unseen draws, so on a short or unsettled run the features can
+    add variance: few draws, wide stones whose weights a few draws dominate), and, with
+    ``positive``, where their mean is not positive.
+
+    Args:
+        values: ``(K, C, S)``.
+        features: ``(K, C, S, F)``, zero-mean under the target of row ``k``.
+
+    Returns:
+        ``(draws, controlled)``: ``(K, C, S)`` to average, and ``(K,)`` which rows are
+        controlled.
+    """
+    controlled = torch.stack(
+        [controlled_draws(v, x) for v, x in zip(values, features, strict=True)]
+    )
+    plain_error = values.flatten(1).var(-1) / mean_ess(values)
+    error = controlled.flatten(1).var(-1) / mean_ess(controlled)
+    use = error < plain_error
+    if positive:
+        use &= controlled.flatten(1).mean(-1) > 0
+    return torch.where(use[:, None, None], controlled, values), use
+
+
 def controlled_log_mean_exp(
     log_values: torch.Tensor, features: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""`varinf.estimators.draws.log_mean_exp` of $f = e^{\text{log\_values}}$ with $f$
-    replaced by `controlled_draws` at each leading index.
+    replaced by `controlled_means` at each leading index.
 
     Args:
         log_values: ``(K, C, S)``.
@@ -166,20 +196,15 @@ def controlled_log_mean_exp(
 
     Returns:
         ``(log_mean, stderr, ess, chain_log_means)``, the first three ``(K,)`` as
-        `log_mean_exp`'s, the last ``(K, C)`` each chain's own log mean of the controlled draws
-        (NaN where that mean is not positive). A row whose controlled mean is not positive (a
-        fit gone wrong on few draws) keeps its plain draws.
+        `log_mean_exp`'s, the last ``(K, C)`` each chain's own log mean of the draws used
+        (NaN where that mean is not positive).
     """
     shift = log_values.flatten(1).logsumexp(-1) - math.log(log_values[0].numel())
     relative = torch.exp(log_values - shift[:, None, None])  # f / f̄, mean 1 per row
-    controlled = torch.stack(
-        [controlled_draws(r, x) for r, x in zip(relative, features, strict=True)]
-    )
-    means = controlled.flatten(1).mean(-1)
-    controlled = torch.where((means > 0)[:, None, None], controlled, relative)
-    means = controlled.flatten(1).mean(-1)
-    ess = mean_ess(controlled)
-    stderr = (controlled.flatten(1).var(-1) / ess).sqrt() / means
-    chain_means = controlled.mean(-1)
+    draws, _ = controlled_means(relative, features, positive=True)
+    means = draws.flatten(1).mean(-1)
+    ess = mean_ess(draws)
+    stderr = (draws.flatten(1).var(-1) / ess).sqrt() / means
+    chain_means = draws.mean(-1)
     chain_log_means = torch.where(chain_means > 0, chain_means, torch.nan).log()
     return means.log() + shift, stderr, ess, chain_log_means + shift[:, None]
