@@ -69,6 +69,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
                         "harmonic-mean cpo ppd smc")  # fmt: skip
     p.add_argument("--num-steps", type=int, default=50, help="temperatures - 1 (default 50)")
     p.add_argument("--alpha", type=float, default=0.3, help="Beta(alpha, 1) quantiles (0.3)")
+    p.add_argument("--control-variates", choices=("quadratic", "linear", "none"),
+                   help="zero-variance control variates of the power-posterior methods "
+                        "(default: each method's own, quadratic for the stepping stones, "
+                        "none for path sampling)")  # fmt: skip
     p.add_argument("--replicates", type=int, default=2, help="chains per temperature (2)")
     p.add_argument("--chains", type=int, default=4, help="posterior-run chains (4)")
     p.add_argument("--warmup", type=int, default=200, help="warm-up iterations per chain")

@@ -118,13 +118,15 @@ def evaluate_tree(aln: Alignment, tree: Tree, model_sub, prior, classes, args, i
         )
         posterior = PosteriorRun.from_mcmc(_run(sampler, args.checkpoint, f"posterior_{index}"))
         spent["posterior"] = time.perf_counter() - started
+    control = getattr(args, "control_variates", None)
+    control = {} if control is None else {"control_variates": {"none": None}.get(control, control)}
     for cls in classes:
         started = time.perf_counter()
         if cls in plain:
-            estimator, extra = cls(temperatures, run=power), spent["power"]
+            estimator, extra = cls(temperatures, run=power, **control), spent["power"]
         elif issubclass(cls, GeneralizedSteppingStone):
             estimator = cls(temperatures, posterior_run=posterior, num_replicates=args.replicates,
-                            **shared)  # fmt: skip
+                            **shared, **control)  # fmt: skip
             extra = spent["posterior"]
         elif issubclass(cls, PosteriorDrawEstimator):
             estimator, extra = cls(run=posterior), spent["posterior"]
