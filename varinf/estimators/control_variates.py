@@ -21,7 +21,7 @@ ones matter for functions of the log-likelihood: near a mode $\ell$ is a quadrat
 which the linear ones cannot follow. On DS1 (JC69, 51 branch lengths, 50 temperatures
 $\times$ 4 chains $\times$ 200 draws, 17 runs) they explain 98-99.9% of the variance of
 $\ell$ at every temperature, and cut the spread of the modified path-sampling estimate from
-0.20 to 0.030 nats and of the stepping-stone estimate from 0.22 to 0.15 (its weights
+0.20 to 0.030 nats and of the stepping-stone estimate from 0.22 to 0.16 (its weights
 $e^{\Delta\beta\,\ell}$ are far from quadratic where $\Delta\beta\,\mathrm{sd}(\ell)
 \approx 1$).
 
