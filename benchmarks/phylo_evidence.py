@@ -237,8 +237,9 @@ def run_mrbayes(ngen: int, nruns: int, workdir: Path, seed: int = 1) -> dict:
     wall, cpu = time.perf_counter() - started, _children_cpu() - cpu
     table = out.split("Marginal likelihood (ln)")[-1]
     values = [float(v) for v in re.findall(r"^\s+\d+\s+(-\d+\.\d+)", table, re.M)][:nruns]
+    spread = statistics.stdev(values) if len(values) > 1 else math.nan
     return {
-        "values": values, "mean": statistics.mean(values), "spread": statistics.stdev(values),
+        "values": values, "mean": statistics.mean(values), "spread": spread,
         "wall_per_run": wall / nruns, "cpu_per_run": cpu / nruns, "ngen": ngen,
     }  # fmt: skip
 
