@@ -50,7 +50,7 @@ def test_cross_fitted_means_are_unbiased_with_less_variance():
     plain, controlled = torch.tensor(plain), torch.tensor(controlled)
     stderr = controlled.std() / math.sqrt(len(controlled))
     assert abs(controlled.mean() - truth) < 5 * stderr
-    assert controlled.var() < plain.var() / 10
+    assert controlled.var() < plain.var() / 1000  # 12,000x with this seed
 
 
 def test_folds_and_usable_degree():
@@ -147,7 +147,8 @@ def test_rows_keep_their_plain_draws_where_features_do_not_help():
     values = torch.randn(2, 4, 30, generator=generator, dtype=torch.float64)
     noise = torch.randn(2, 4, 30, 20, generator=generator, dtype=torch.float64)
     informative = torch.cat([noise[:1], values[1:, ..., None] + 0.01 * noise[1:]], 0)
-    draws, used = controlled_means(values, informative)
-    assert used.tolist() == [False, True]  # pure noise overfits; a near-copy of f removes it
+    draws, ess = controlled_means(values, informative)
+    # Pure noise overfits, so row 0 keeps its draws; a near-copy of f removes row 1's variance.
     assert torch.equal(draws[0], values[0])
     assert draws[1].var() < values[1].var() / 100
+    assert ess.shape == (2,) and bool((ess >= 1).all())

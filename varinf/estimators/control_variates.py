@@ -170,18 +170,17 @@ def controlled_means(
         features: ``(K, C, S, F)``, zero-mean under the target of row ``k``.
 
     Returns:
-        ``(draws, controlled)``: ``(K, C, S)`` to average, and ``(K,)`` which rows are
-        controlled.
+        ``(draws, ess)``: ``(K, C, S)`` to average, and ``(K,)`` their effective sample sizes
+        (`varinf.estimators.draws.mean_ess`).
     """
     controlled = torch.stack(
         [controlled_draws(v, x) for v, x in zip(values, features, strict=True)]
     )
-    plain_error = values.flatten(1).var(-1) / mean_ess(values)
-    error = controlled.flatten(1).var(-1) / mean_ess(controlled)
-    use = error < plain_error
+    plain_ess, ess = mean_ess(values), mean_ess(controlled)
+    use = controlled.flatten(1).var(-1) / ess < values.flatten(1).var(-1) / plain_ess
     if positive:
         use &= controlled.flatten(1).mean(-1) > 0
-    return torch.where(use[:, None, None], controlled, values), use
+    return torch.where(use[:, None, None], controlled, values), torch.where(use, ess, plain_ess)
 
 
 def controlled_log_mean_exp(
@@ -201,9 +200,8 @@ def controlled_log_mean_exp(
     """
     shift = log_values.flatten(1).logsumexp(-1) - math.log(log_values[0].numel())
     relative = torch.exp(log_values - shift[:, None, None])  # f / f̄, mean 1 per row
-    draws, _ = controlled_means(relative, features, positive=True)
+    draws, ess = controlled_means(relative, features, positive=True)
     means = draws.flatten(1).mean(-1)
-    ess = mean_ess(draws)
     stderr = (draws.flatten(1).var(-1) / ess).sqrt() / means
     chain_means = draws.mean(-1)
     chain_log_means = torch.where(chain_means > 0, chain_means, torch.nan).log()

@@ -74,17 +74,20 @@ class PowerPosteriorRun:
         """Group the chains of an `MCMCRun` by their ``beta`` (each temperature needs the same
         number of chains)."""
         temperatures = torch.unique(run.beta)
+
+        def by_temperature(values: torch.Tensor) -> torch.Tensor:
+            return torch.stack([values[run.beta == beta] for beta in temperatures])
+
         groups = [run.log_likelihood[run.beta == beta] for beta in temperatures]
         if len({len(g) for g in groups}) != 1:
             raise ValueError(
                 "run: every temperature needs the same number of replicate chains, got "
                 f"{[len(g) for g in groups]} chains at temperatures {temperatures.tolist()}"
             )
-        ell = torch.stack(groups).to(torch.float64)
+        ell = by_temperature(run.log_likelihood).to(torch.float64)
         made = cls.from_log_likelihoods(temperatures, ell, run.num_evaluations, run, rhat_threshold)
         if getattr(run, "grad", None) is not None:
-            made.z = torch.stack([run.z[run.beta == beta] for beta in temperatures])
-            made.grad = torch.stack([run.grad[run.beta == beta] for beta in temperatures])
+            made.z, made.grad = by_temperature(run.z), by_temperature(run.grad)
         return made
 
     @classmethod

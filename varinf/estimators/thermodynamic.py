@@ -132,14 +132,14 @@ def path_sampling(
     betas, ell = _aligned(log_likelihoods, temperatures, needs_last=True)
     betas = betas.to(ell.device)
     steps = betas[1:] - betas[:-1]
-    averaged = ell
-    if features is not None:
+    if features is None:
+        averaged, ess = ell, mean_ess(ell)
+    else:
         _check_features(features, ell)
-        averaged, _ = controlled_means(ell, features.to(ell))
+        averaged, ess = controlled_means(ell, features.to(ell))
     weights = torch.zeros_like(betas)
     weights[1:] += steps / 2
     weights[:-1] += steps / 2
-    ess = mean_ess(averaged)
     stderr = (weights.square() * averaged.flatten(1).var(1) / ess).sum().sqrt()
     terms = _trapezoid(steps, averaged.flatten(1).mean(1), ell.flatten(1).var(1), correction)
     chains = _trapezoid(steps, averaged.mean(-1), ell.var(-1), correction).sum(0)
